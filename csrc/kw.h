@@ -1,0 +1,170 @@
+/*
+ * Shared declarations of the kore_workflow C core.
+ *
+ * The core is split by concept: kw_core.c registers the module and the
+ * client, kw_endpoint.c describes every API call as data, kw_request.c builds
+ * and performs one HTTP transfer, kw_json.c calls the JSON codec and
+ * normalises decoded values, kw_error.c builds every error table.
+ */
+#ifndef KW_H
+#define KW_H
+
+#include <stddef.h>
+
+#include <curl/curl.h>
+
+#include "kw_compat.h"
+
+#define KW_VERSION "0.1.0"
+
+#define KW_CLIENT_MT "kore_workflow.client"
+#define KW_REQUEST_MT "kore_workflow.request"
+#define KW_ERROR_MT "kore_workflow.error"
+
+/* Defaults, in milliseconds and bytes; every one can be set per client and per call. */
+#define KW_DEFAULT_CONNECT_TIMEOUT_MS 5000L
+#define KW_DEFAULT_TIMEOUT_MS 30000L
+#define KW_DEFAULT_STALL_TIMEOUT_MS 30000L
+#define KW_DEFAULT_MAX_RESPONSE (4L * 1024 * 1024)
+
+#define KW_MAX_ID_LENGTH 1024
+#define KW_EXCERPT_LENGTH 160
+
+/* A growable byte buffer that never grows past its cap. */
+typedef struct kw_buf {
+  char *data;
+  size_t len;
+  size_t cap;
+  size_t limit;
+  int overflowed;
+} kw_buf;
+
+void kw_buf_init(kw_buf *buf, size_t limit);
+int kw_buf_append(kw_buf *buf, const char *bytes, size_t n);
+void kw_buf_free(kw_buf *buf);
+
+typedef enum kw_body_kind {
+  KW_BODY_NONE,
+  KW_BODY_JSON,
+  KW_BODY_FILE
+} kw_body_kind;
+
+typedef enum kw_result_kind {
+  KW_RESULT_JOB,
+  KW_RESULT_FILE
+} kw_result_kind;
+
+/* Flags of an endpoint. */
+#define KW_IDEMPOTENT 0x1u       /* safe to resend after any failure */
+#define KW_ID_ACCEPTS_NUMBER 0x2u /* the path id may be an integral number */
+
+/* One API call, described as data. */
+typedef struct kw_endpoint {
+  const char *ns;               /* Lua namespace, such as "workflow" */
+  const char *name;             /* function name inside it, such as "import" */
+  const char *method;
+  const char *path_prefix;      /* path before the id, or the whole path */
+  const char *path_suffix;      /* path after the id, NULL when there is no id */
+  const char *id_label;         /* noun for the id in messages */
+  const char *action;           /* noun phrase for messages: "import of workflow" */
+  kw_body_kind body;
+  const char *const *required;  /* JSON body fields that must be strings */
+  const char *const *optional;  /* JSON body fields that may be strings */
+  kw_result_kind result;
+  unsigned flags;
+} kw_endpoint;
+
+extern const kw_endpoint kw_endpoints[];
+
+typedef struct kw_client {
+  CURL *easy;
+  char *base_url;       /* scheme://host[:port], no trailing slash */
+  char *api_key_header; /* "x-api-key: <key>", wiped on free */
+  size_t api_key_offset;
+  char *ca_file;
+  char *user_agent;
+  long connect_timeout_ms;
+  long timeout_ms;
+  long stall_timeout_ms;
+  size_t max_response;
+  int codec_ref;        /* registry reference to the codec table */
+} kw_client;
+
+/* Per-call limits, resolved from the client's defaults and the call's options. */
+typedef struct kw_limits {
+  long connect_timeout_ms;
+  long timeout_ms;      /* 0: no overall limit (uploads) */
+  long stall_timeout_ms;
+  size_t max_response;
+} kw_limits;
+
+typedef struct kw_request {
+  const kw_endpoint *endpoint;
+  kw_client *client;
+  char *url;
+  char *path;           /* path of url, used in messages */
+  char *id;             /* the id or file path this call is about */
+  struct curl_slist *headers;
+  char *body;
+  size_t body_len;
+  char *file_path;
+  char *file_context;
+  char *file_name;
+  curl_mime *mime;
+  kw_limits limits;
+  kw_buf response;
+  CURLcode code;
+  long status;
+  char *content_type;
+  char *location;
+  long long retry_after;  /* seconds, negative when the server sent none */
+  int request_sent;       /* the connection was made and sending had begun */
+  char errbuf[CURL_ERROR_SIZE];
+  int performed;
+} kw_request;
+
+/* kw_core.c */
+kw_client *kw_client_check(lua_State *L, int index);
+const char *kw_client_key(const kw_client *client);
+
+/* kw_request.c */
+kw_request *kw_request_new(lua_State *L, int client_index,
+                           const kw_endpoint *endpoint);
+void kw_request_register(lua_State *L);
+int kw_request_prepare(lua_State *L, kw_request *req, int first_arg);
+void kw_request_setup_easy(kw_request *req, CURL *easy);
+void kw_request_collect(kw_request *req, CURL *easy, CURLcode code);
+void kw_request_perform(kw_request *req);
+int kw_request_push_result(lua_State *L, kw_request *req, int codec_index);
+
+/* kw_json.c */
+int kw_json_encode(lua_State *L, int codec_index, int value_index);
+int kw_json_decode(lua_State *L, int codec_index, const char *text, size_t len);
+void kw_json_normalise(lua_State *L, int codec_index, int value_index);
+void kw_json_push_codec(lua_State *L, const kw_client *client);
+
+/* kw_error.c */
+typedef struct kw_error_info {
+  const char *kind;
+  const char *message;
+  const char *hint;
+  long status;          /* 0 when there is no HTTP status */
+  int retryable;
+  const char *id;
+  double retry_after;   /* seconds, negative when absent */
+  const char *excerpt;
+  size_t excerpt_len;
+} kw_error_info;
+
+int kw_error_push(lua_State *L, const kw_client *client, const kw_error_info *info);
+int kw_error_return(lua_State *L, const kw_client *client, const kw_error_info *info);
+void kw_error_register(lua_State *L);
+int kw_error_new_lua(lua_State *L);
+void kw_redact(lua_State *L, const kw_client *client, const char *text, size_t len);
+void kw_sanitise(luaL_Buffer *b, const char *text, size_t len, size_t max);
+
+/* Raises "bad argument #arg (name) to 'fname' (message)". */
+int kw_argerror(lua_State *L, int arg, const char *fname, const char *argname,
+                const char *fmt, ...);
+
+#endif

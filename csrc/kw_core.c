@@ -1,0 +1,446 @@
+/*
+ * The kore_workflow.core module: client handles, the API calls bound to them,
+ * and the clock and sleep that the Lua layer's waiter uses by default.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kw.h"
+
+
+#define KW_KEY_HEADER "x-api-key: "
+
+kw_client *kw_client_check(lua_State *L, int index)
+{
+  kw_client *client = luaL_checkudata(L, index, KW_CLIENT_MT);
+
+  if (client->easy == NULL)
+    luaL_error(L, "kore_workflow: the client is closed");
+  return client;
+}
+
+const char *kw_client_key(const kw_client *client)
+{
+  if (client->api_key_header == NULL)
+    return NULL;
+  return client->api_key_header + client->api_key_offset;
+}
+
+static void wipe(char *s)
+{
+  volatile char *p = s;
+
+  if (s == NULL)
+    return;
+  while (*p != '\0')
+    *p++ = '\0';
+}
+
+static void client_release(lua_State *L, kw_client *client)
+{
+  if (client->easy != NULL)
+    curl_easy_cleanup(client->easy);
+  client->easy = NULL;
+  wipe(client->api_key_header);
+  free(client->api_key_header);
+  free(client->base_url);
+  free(client->ca_file);
+  free(client->user_agent);
+  client->api_key_header = client->base_url = client->ca_file = NULL;
+  client->user_agent = NULL;
+  if (client->codec_ref != LUA_NOREF) {
+    luaL_unref(L, LUA_REGISTRYINDEX, client->codec_ref);
+    client->codec_ref = LUA_NOREF;
+  }
+}
+
+static int client_gc(lua_State *L)
+{
+  kw_client *client = luaL_checkudata(L, 1, KW_CLIENT_MT);
+
+  client_release(L, client);
+  return 0;
+}
+
+static int client_tostring(lua_State *L)
+{
+  kw_client *client = luaL_checkudata(L, 1, KW_CLIENT_MT);
+
+  if (client->base_url == NULL)
+    lua_pushliteral(L, "kore_workflow.client (closed)");
+  else
+    lua_pushfstring(L, "kore_workflow.client (%s)", client->base_url);
+  return 1;
+}
+
+static int client_close(lua_State *L)
+{
+  kw_client *client = luaL_checkudata(L, 1, KW_CLIENT_MT);
+
+  client_release(L, client);
+  return 0;
+}
+
+static char *copy_string(lua_State *L, const char *s, size_t n)
+{
+  char *copy = malloc(n + 1);
+
+  if (copy == NULL)
+    luaL_error(L, "kore_workflow: out of memory");
+  memcpy(copy, s, n);
+  copy[n] = '\0';
+  return copy;
+}
+
+/*
+ * Checks host and stores scheme://host[:port] without a trailing slash. Only
+ * http and https are accepted, and a host must carry no user name, password,
+ * path, query or fragment, so that every call goes to exactly one origin.
+ */
+static void set_base_url(lua_State *L, kw_client *client, const char *host)
+{
+  CURLU *url = curl_url();
+  char *part = NULL;
+  char *full = NULL;
+  int bad = 0;
+  size_t n;
+
+  if (url == NULL)
+    luaL_error(L, "kore_workflow: out of memory");
+  if (curl_url_set(url, CURLUPART_URL, host, 0) != CURLUE_OK) {
+    curl_url_cleanup(url);
+    kw_argerror(L, 1, "kore_workflow.client", "host",
+                "'%s' is not a URL; pass the environment's base URL such as "
+                "https://ai-for-process.example.ai", host);
+  }
+  if (curl_url_get(url, CURLUPART_SCHEME, &part, 0) != CURLUE_OK ||
+      (strcmp(part, "http") != 0 && strcmp(part, "https") != 0))
+    bad = 1;
+  curl_free(part);
+  part = NULL;
+  if (curl_url_get(url, CURLUPART_USER, &part, 0) == CURLUE_OK)
+    bad = 2;
+  curl_free(part);
+  part = NULL;
+  if (curl_url_get(url, CURLUPART_QUERY, &part, 0) == CURLUE_OK)
+    bad = 3;
+  curl_free(part);
+  part = NULL;
+  if (curl_url_get(url, CURLUPART_FRAGMENT, &part, 0) == CURLUE_OK)
+    bad = 3;
+  curl_free(part);
+  part = NULL;
+  if (curl_url_get(url, CURLUPART_PATH, &part, 0) == CURLUE_OK &&
+      strcmp(part, "/") != 0 && strcmp(part, "") != 0)
+    bad = 3;
+  curl_free(part);
+  if (bad == 0) {
+    curl_url_set(url, CURLUPART_PATH, "/", 0);
+    if (curl_url_get(url, CURLUPART_URL, &full, 0) != CURLUE_OK)
+      bad = 4;
+  }
+  curl_url_cleanup(url);
+  if (bad != 0) {
+    curl_free(full);
+    kw_argerror(L, 1, "kore_workflow.client", "host", "%s",
+                bad == 1 ? "the URL must start with https:// or http://"
+                : bad == 2 ? "the URL must not carry a user name or password"
+                : bad == 3 ? "the URL must be the bare origin, such as "
+                             "https://ai-for-process.example.ai, with no path or query"
+                           : "the URL cannot be parsed");
+  }
+  n = strlen(full);
+  while (n > 0 && full[n - 1] == '/')
+    n--;
+  lua_pushlstring(L, full, n);
+  curl_free(full);
+  client->base_url = copy_string(L, lua_tostring(L, -1), n);
+  lua_pop(L, 1);
+}
+
+/*
+ * Stores the header line for the key. Surrounding white space (a key read
+ * from a file ends in a newline) is trimmed; an empty key, or one holding a
+ * control character such as CR or LF that could inject a header, is rejected.
+ * Messages never include the key itself.
+ */
+static void set_api_key(lua_State *L, kw_client *client, int opts)
+{
+  size_t len, start = 0, end, i;
+  const char *key;
+  luaL_Buffer b;
+
+  lua_getfield(L, opts, "api_key");
+  if (lua_type(L, -1) != LUA_TSTRING)
+    kw_argerror(L, 1, "kore_workflow.client", "api_key",
+                "string expected, got %s; set KORE_API_KEY or pass api_key",
+                luaL_typename(L, -1));
+  key = lua_tolstring(L, -1, &len);
+  end = len;
+  while (start < end && strchr(" \t\r\n", key[start]) != NULL && key[start] != '\0')
+    start++;
+  while (end > start && strchr(" \t\r\n", key[end - 1]) != NULL && key[end - 1] != '\0')
+    end--;
+  if (start == end)
+    kw_argerror(L, 1, "kore_workflow.client", "api_key", "the key is empty");
+  for (i = start; i < end; i++) {
+    unsigned char c = (unsigned char)key[i];
+
+    if (c < 0x20 || c == 0x7f)
+      kw_argerror(L, 1, "kore_workflow.client", "api_key",
+                  "the key contains a control character (such as CR or LF) at "
+                  "byte %d; copy the key again as a single line", (int)(i + 1));
+  }
+  luaL_buffinit(L, &b);
+  luaL_addstring(&b, KW_KEY_HEADER);
+  luaL_addlstring(&b, key + start, end - start);
+  luaL_pushresult(&b);
+  client->api_key_header = copy_string(L, lua_tostring(L, -1), kw_rawlen(L, -1));
+  client->api_key_offset = strlen(KW_KEY_HEADER);
+  lua_pop(L, 2);
+}
+
+static long client_option_ms(lua_State *L, int opts, const char *name, long fallback)
+{
+  lua_Number seconds;
+
+  lua_getfield(L, opts, name);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return fallback;
+  }
+  seconds = lua_tonumber(L, -1);
+  if (lua_type(L, -1) != LUA_TNUMBER || !(seconds > 0) || seconds > 86400.0 * 365)
+    kw_argerror(L, 1, "kore_workflow.client", name, "a finite number of seconds above 0 expected");
+  lua_pop(L, 1);
+  return seconds < 0.001 ? 1 : (long)ceil(seconds * 1000.0);
+}
+
+static void set_ca_file(lua_State *L, kw_client *client, int opts)
+{
+  const char *path;
+  FILE *probe;
+
+  lua_getfield(L, opts, "ca_file");
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return;
+  }
+  if (lua_type(L, -1) != LUA_TSTRING || kw_rawlen(L, -1) == 0)
+    kw_argerror(L, 1, "kore_workflow.client", "ca_file", "non-empty string expected, got %s",
+                luaL_typename(L, -1));
+  path = lua_tostring(L, -1);
+  probe = fopen(path, "rb");
+  if (probe == NULL)
+    kw_argerror(L, 1, "kore_workflow.client", "ca_file",
+                "cannot read '%s' (%s); pass the path of a PEM file holding the CA "
+                "certificate that signed the server's certificate", path, strerror(errno));
+  fclose(probe);
+  client->ca_file = copy_string(L, path, kw_rawlen(L, -1));
+  lua_pop(L, 1);
+}
+
+static void set_user_agent(lua_State *L, kw_client *client)
+{
+  const curl_version_info_data *info = curl_version_info(CURLVERSION_NOW);
+
+  lua_pushfstring(L, "kore_workflow/%s libcurl/%s %s", KW_VERSION, info->version,
+                  kw_lua_version(L));
+  client->user_agent = copy_string(L, lua_tostring(L, -1), kw_rawlen(L, -1));
+  lua_pop(L, 1);
+}
+
+static void check_codec(lua_State *L, int codec)
+{
+  luaL_checktype(L, codec, LUA_TTABLE);
+  lua_getfield(L, codec, "encode");
+  lua_getfield(L, codec, "decode");
+  if (lua_type(L, -1) != LUA_TFUNCTION || lua_type(L, -2) != LUA_TFUNCTION)
+    kw_argerror(L, codec, "new_client", "codec",
+                "a table with encode and decode functions expected");
+  lua_pop(L, 2);
+}
+
+/* core.new_client(options, codec): returns a client handle. */
+static int core_new_client(lua_State *L)
+{
+  kw_client *client;
+
+  luaL_checktype(L, 1, LUA_TTABLE);
+  check_codec(L, 2);
+  lua_settop(L, 2);
+
+  client = lua_newuserdata(L, sizeof(*client));
+  memset(client, 0, sizeof(*client));
+  client->codec_ref = LUA_NOREF;
+  kw_setmetatable(L, KW_CLIENT_MT);
+
+  lua_getfield(L, 1, "host");
+  if (lua_type(L, -1) != LUA_TSTRING)
+    kw_argerror(L, 1, "kore_workflow.client", "host", "string expected, got %s; set KORE_HOST or pass host",
+                luaL_typename(L, -1));
+  set_base_url(L, client, lua_tostring(L, -1));
+  lua_pop(L, 1);
+  set_api_key(L, client, 1);
+  set_ca_file(L, client, 1);
+  client->connect_timeout_ms = client_option_ms(L, 1, "connect_timeout",
+                                                KW_DEFAULT_CONNECT_TIMEOUT_MS);
+  client->timeout_ms = client_option_ms(L, 1, "timeout", KW_DEFAULT_TIMEOUT_MS);
+  client->stall_timeout_ms = client_option_ms(L, 1, "stall_timeout",
+                                              KW_DEFAULT_STALL_TIMEOUT_MS);
+  client->max_response = KW_DEFAULT_MAX_RESPONSE;
+  lua_getfield(L, 1, "max_response");
+  if (!lua_isnil(L, -1)) {
+    lua_Number n = lua_tonumber(L, -1);
+
+    if (lua_type(L, -1) != LUA_TNUMBER || !(n >= 1) || n > 1e12)
+      kw_argerror(L, 1, "kore_workflow.client", "max_response", "a number of bytes above 0 expected");
+    client->max_response = (size_t)n;
+  }
+  lua_pop(L, 1);
+  set_user_agent(L, client);
+
+  lua_pushvalue(L, 2);
+  client->codec_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  client->easy = curl_easy_init();
+  if (client->easy == NULL)
+    return luaL_error(L, "kore_workflow: libcurl could not create a handle");
+  return 1;
+}
+
+/* Number of Lua arguments the endpoint takes, the options table included. */
+static int endpoint_arity(const kw_endpoint *ep)
+{
+  return (ep->path_suffix != NULL) + (ep->body != KW_BODY_NONE) + 1;
+}
+
+/* The function behind every bound API call; upvalues: client handle, endpoint. */
+static int endpoint_call(lua_State *L)
+{
+  const kw_endpoint *ep = lua_touserdata(L, lua_upvalueindex(2));
+  int client_index;
+  int codec_index;
+  int pushed;
+  kw_request *req;
+
+  lua_settop(L, endpoint_arity(ep));
+  lua_pushvalue(L, lua_upvalueindex(1));
+  client_index = lua_gettop(L);
+  req = kw_request_new(L, client_index, ep);
+  pushed = kw_request_prepare(L, req, 1);
+  if (pushed != 0)
+    return pushed;
+
+  kw_request_perform(req);
+  kw_json_push_codec(L, req->client);
+  codec_index = lua_gettop(L);
+  return kw_request_push_result(L, req, codec_index);
+}
+
+/* core.bind(client): returns { workflow = { import, status }, files = { upload } }. */
+static int core_bind(lua_State *L)
+{
+  const kw_endpoint *ep;
+
+  kw_client_check(L, 1);
+  lua_newtable(L);
+  for (ep = kw_endpoints; ep->ns != NULL; ep++) {
+    lua_getfield(L, -1, ep->ns);
+    if (lua_isnil(L, -1)) {
+      lua_pop(L, 1);
+      lua_newtable(L);
+      lua_pushvalue(L, -1);
+      lua_setfield(L, -3, ep->ns);
+    }
+    lua_pushvalue(L, 1);
+    lua_pushlightuserdata(L, (void *)ep);
+    lua_pushcclosure(L, endpoint_call, 2);
+    lua_setfield(L, -2, ep->name);
+    lua_pop(L, 1);
+  }
+  return 1;
+}
+
+/* core.monotonic(): seconds from an arbitrary start, never going back. */
+static int core_monotonic(lua_State *L)
+{
+  struct timespec now;
+
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  lua_pushnumber(L, (lua_Number)now.tv_sec + (lua_Number)now.tv_nsec / 1e9);
+  return 1;
+}
+
+/* core.sleep(seconds): blocks the calling thread; resumes after signals. */
+static int core_sleep(lua_State *L)
+{
+  lua_Number seconds = luaL_checknumber(L, 1);
+  struct timespec left;
+
+  if (!(seconds >= 0) || seconds > 86400.0 * 365)
+    return kw_argerror(L, 1, "sleep", "seconds", "a finite number of seconds of 0 or more expected");
+  left.tv_sec = (time_t)seconds;
+  left.tv_nsec = (long)((seconds - (lua_Number)left.tv_sec) * 1e9);
+  while (nanosleep(&left, &left) != 0 && errno == EINTR)
+    ;
+  return 0;
+}
+
+static int core_new_error(lua_State *L)
+{
+  return kw_error_new_lua(L);
+}
+
+static void register_client(lua_State *L)
+{
+  static const luaL_Reg methods[] = {
+    { "close", client_close },
+    { NULL, NULL }
+  };
+
+  if (luaL_newmetatable(L, KW_CLIENT_MT)) {
+    lua_pushcfunction(L, client_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, client_tostring);
+    lua_setfield(L, -2, "__tostring");
+    kw_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+}
+
+__attribute__((visibility("default")))
+int luaopen_kore_workflow_core(lua_State *L)
+{
+  static const luaL_Reg functions[] = {
+    { "new_client", core_new_client },
+    { "bind", core_bind },
+    { "new_error", core_new_error },
+    { "monotonic", core_monotonic },
+    { "sleep", core_sleep },
+    { NULL, NULL }
+  };
+  static int curl_ready = 0;
+
+  if (!curl_ready) {
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+      return luaL_error(L, "kore_workflow: libcurl failed to initialise");
+    curl_ready = 1;
+  }
+  register_client(L);
+  kw_request_register(L);
+  kw_error_register(L);
+
+  kw_newlib(L, functions);
+  lua_pushliteral(L, KW_VERSION);
+  lua_setfield(L, -2, "_VERSION");
+  lua_pushstring(L, curl_version_info(CURLVERSION_NOW)->version);
+  lua_setfield(L, -2, "curl_version");
+  lua_pushstring(L, kw_lua_version(L));
+  lua_setfield(L, -2, "lua_version");
+  return 1;
+}

@@ -1,0 +1,604 @@
+/*
+ * One HTTP transfer of an API call.
+ *
+ * A request is a userdata that owns every piece of C memory of the transfer
+ * (URL, header list, body copy, MIME handle, response buffer), so a Lua error
+ * raised at any point while it is being built leaks nothing: __gc frees it.
+ * The libcurl callbacks only append bytes to the response buffer and never
+ * touch the Lua state, so no Lua error or yield can cross libcurl frames.
+ *
+ * Building (kw_request_prepare), setting up an easy handle
+ * (kw_request_setup_easy) and turning the finished transfer into a result
+ * (kw_request_push_result) are separate steps: the blocking call performs the
+ * handle with curl_easy_perform, and a stepped call can add the same handle
+ * to a multi handle instead.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "kw.h"
+
+#define KW_MAX_EXACT_INTEGER 9007199254740992.0 /* 2^53 */
+
+void kw_buf_init(kw_buf *buf, size_t limit)
+{
+  buf->data = NULL;
+  buf->len = 0;
+  buf->cap = 0;
+  buf->limit = limit;
+  buf->overflowed = 0;
+}
+
+/* Appends n bytes; returns 0, and sets overflowed, when that would pass the limit. */
+int kw_buf_append(kw_buf *buf, const char *bytes, size_t n)
+{
+  if (n > buf->limit - buf->len) {
+    buf->overflowed = 1;
+    return 0;
+  }
+  if (buf->len + n > buf->cap) {
+    size_t cap = buf->cap > 0 ? buf->cap : 1024;
+    char *data;
+
+    while (cap < buf->len + n)
+      cap *= 2;
+    if (cap > buf->limit)
+      cap = buf->limit;
+    data = realloc(buf->data, cap);
+    if (data == NULL)
+      return 0;
+    buf->data = data;
+    buf->cap = cap;
+  }
+  memcpy(buf->data + buf->len, bytes, n);
+  buf->len += n;
+  return 1;
+}
+
+void kw_buf_free(kw_buf *buf)
+{
+  free(buf->data);
+  kw_buf_init(buf, buf->limit);
+}
+
+static void request_release(kw_request *req)
+{
+  free(req->url);
+  free(req->path);
+  free(req->id);
+  curl_slist_free_all(req->headers);
+  free(req->body);
+  free(req->file_path);
+  free(req->file_context);
+  free(req->file_name);
+  curl_mime_free(req->mime);
+  free(req->content_type);
+  free(req->location);
+  kw_buf_free(&req->response);
+  req->url = req->path = req->id = NULL;
+  req->headers = NULL;
+  req->body = req->file_path = req->file_context = req->file_name = NULL;
+  req->mime = NULL;
+  req->content_type = req->location = NULL;
+}
+
+static int request_gc(lua_State *L)
+{
+  kw_request *req = luaL_checkudata(L, 1, KW_REQUEST_MT);
+
+  request_release(req);
+  return 0;
+}
+
+void kw_request_register(lua_State *L)
+{
+  if (luaL_newmetatable(L, KW_REQUEST_MT)) {
+    lua_pushcfunction(L, request_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
+}
+
+/* Pushes a new, empty request userdata for endpoint on the client at client_index. */
+kw_request *kw_request_new(lua_State *L, int client_index,
+                           const kw_endpoint *endpoint)
+{
+  kw_client *client = kw_client_check(L, client_index);
+  kw_request *req = lua_newuserdata(L, sizeof(*req));
+
+  memset(req, 0, sizeof(*req));
+  req->endpoint = endpoint;
+  req->client = client;
+  kw_buf_init(&req->response, client->max_response);
+  kw_setmetatable(L, KW_REQUEST_MT);
+  return req;
+}
+
+static char *dup_or_raise(lua_State *L, const char *s, size_t n)
+{
+  char *copy = malloc(n + 1);
+
+  if (copy == NULL)
+    luaL_error(L, "kore_workflow: out of memory");
+  memcpy(copy, s, n);
+  copy[n] = '\0';
+  return copy;
+}
+
+static void add_header(lua_State *L, kw_request *req, const char *line)
+{
+  struct curl_slist *list = curl_slist_append(req->headers, line);
+
+  if (list == NULL)
+    luaL_error(L, "kore_workflow: out of memory");
+  req->headers = list;
+}
+
+static const char *function_name(lua_State *L, const kw_endpoint *ep)
+{
+  return lua_pushfstring(L, "%s.%s", ep->ns, ep->name);
+}
+
+/*
+ * Reads the id argument: a string, or for some calls an integral number of
+ * at most 2^53. Empty, ".", ".." and over-long ids are rejected because no
+ * server path segment can name them safely.
+ */
+static void check_id(lua_State *L, kw_request *req, int arg, const char *fname)
+{
+  const kw_endpoint *ep = req->endpoint;
+  const char *argname = lua_pushfstring(L, "%s id", ep->id_label);
+  size_t len;
+  const char *id;
+
+  if (lua_type(L, arg) == LUA_TNUMBER && (ep->flags & KW_ID_ACCEPTS_NUMBER)) {
+    lua_Number n = lua_tonumber(L, arg);
+
+    if (n != floor(n) || fabs(n) > KW_MAX_EXACT_INTEGER)
+      kw_argerror(L, arg, fname, argname,
+                  "number %f is not an integer exactly representable as a "
+                  "double (at most 2^53); pass the id as a string", n);
+    {
+      char text[32];
+
+      snprintf(text, sizeof(text), "%.0f", (double)n);
+      lua_pushstring(L, text);
+      lua_replace(L, arg);
+    }
+  } else if (lua_type(L, arg) != LUA_TSTRING) {
+    kw_argerror(L, arg, fname, argname, "string expected, got %s",
+                luaL_typename(L, arg));
+  }
+  id = lua_tolstring(L, arg, &len);
+  if (len == 0)
+    kw_argerror(L, arg, fname, argname, "must not be empty");
+  if (strcmp(id, ".") == 0 || strcmp(id, "..") == 0)
+    kw_argerror(L, arg, fname, argname,
+                "'%s' is not a valid id because it is a relative path segment", id);
+  if (len > KW_MAX_ID_LENGTH)
+    kw_argerror(L, arg, fname, argname, "longer than %d bytes", KW_MAX_ID_LENGTH);
+  req->id = dup_or_raise(L, id, len);
+}
+
+static void build_url(lua_State *L, kw_request *req, const char *escaped)
+{
+  const kw_endpoint *ep = req->endpoint;
+  luaL_Buffer b;
+  size_t n;
+  const char *path;
+
+  luaL_buffinit(L, &b);
+  luaL_addstring(&b, ep->path_prefix);
+  if (escaped != NULL) {
+    luaL_addstring(&b, escaped);
+    luaL_addstring(&b, ep->path_suffix);
+  }
+  luaL_pushresult(&b);
+  path = lua_tolstring(L, -1, &n);
+  req->path = dup_or_raise(L, path, n);
+  lua_pushfstring(L, "%s%s", req->client->base_url, path);
+  path = lua_tolstring(L, -1, &n);
+  req->url = dup_or_raise(L, path, n);
+  lua_pop(L, 2);
+}
+
+static void escape_id(lua_State *L, kw_request *req)
+{
+  char *escaped = curl_easy_escape(NULL, req->id, (int)strlen(req->id));
+
+  if (escaped == NULL)
+    luaL_error(L, "kore_workflow: out of memory");
+  lua_pushstring(L, escaped);
+  curl_free(escaped);
+  build_url(L, req, lua_tostring(L, -1));
+  lua_pop(L, 1);
+}
+
+static int field_listed(const char *const *fields, const char *name)
+{
+  for (; *fields != NULL; fields++)
+    if (strcmp(*fields, name) == 0)
+      return 1;
+  return 0;
+}
+
+static void list_fields(luaL_Buffer *b, const kw_endpoint *ep)
+{
+  const char *const *lists[2];
+  int i, first = 1;
+
+  lists[0] = ep->required;
+  lists[1] = ep->optional;
+  for (i = 0; i < 2; i++) {
+    const char *const *f;
+
+    for (f = lists[i]; *f != NULL; f++) {
+      if (!first)
+        luaL_addstring(b, ", ");
+      luaL_addstring(b, *f);
+      first = 0;
+    }
+  }
+}
+
+/*
+ * Checks the body table at arg against the endpoint's fields and pushes a
+ * fresh table holding only those fields, so a caller's other fields or a
+ * metatable never reach the encoder.
+ */
+static void check_json_fields(lua_State *L, kw_request *req, int arg, const char *fname)
+{
+  const kw_endpoint *ep = req->endpoint;
+  const char *const *f;
+
+  if (lua_type(L, arg) != LUA_TTABLE)
+    kw_argerror(L, arg, fname, "fields", "table expected, got %s",
+                luaL_typename(L, arg));
+  lua_pushnil(L);
+  while (lua_next(L, arg) != 0) {
+    lua_pop(L, 1);
+    if (lua_type(L, -1) != LUA_TSTRING ||
+        (!field_listed(ep->required, lua_tostring(L, -1)) &&
+         !field_listed(ep->optional, lua_tostring(L, -1)))) {
+      luaL_Buffer b;
+
+      luaL_buffinit(L, &b);
+      list_fields(&b, ep);
+      luaL_pushresult(&b);
+      kw_argerror(L, arg, fname, "fields", "unknown field '%s'; the fields are %s",
+                  lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2)
+                                                 : luaL_typename(L, -2),
+                  lua_tostring(L, -1));
+    }
+  }
+
+  lua_newtable(L);
+  for (f = ep->required; *f != NULL; f++) {
+    lua_getfield(L, arg, *f);
+    if (lua_isnil(L, -1))
+      kw_argerror(L, arg, fname, "fields", "required field '%s' is missing", *f);
+    if (lua_type(L, -1) != LUA_TSTRING)
+      kw_argerror(L, arg, fname, "fields", "field '%s' must be a string, got %s",
+                  *f, luaL_typename(L, -1));
+    if (kw_rawlen(L, -1) == 0)
+      kw_argerror(L, arg, fname, "fields", "field '%s' must not be empty", *f);
+    lua_setfield(L, -2, *f);
+  }
+  for (f = ep->optional; *f != NULL; f++) {
+    lua_getfield(L, arg, *f);
+    if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TSTRING)
+      kw_argerror(L, arg, fname, "fields", "field '%s' must be a string, got %s",
+                  *f, luaL_typename(L, -1));
+    lua_setfield(L, -2, *f);
+  }
+}
+
+static long option_ms(lua_State *L, int opts, const char *name, long fallback,
+                      const char *fname, int zero_allowed)
+{
+  lua_Number seconds;
+
+  lua_getfield(L, opts, name);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return fallback;
+  }
+  if (lua_type(L, -1) != LUA_TNUMBER)
+    kw_argerror(L, opts, fname, "options", "option '%s' must be a number of seconds, got %s",
+                name, luaL_typename(L, -1));
+  seconds = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  if (!(seconds > 0 || (zero_allowed && seconds == 0)) || seconds > 86400.0 * 365)
+    kw_argerror(L, opts, fname, "options",
+                "option '%s' must be a finite number of seconds above 0, got %f",
+                name, seconds);
+  if (seconds < 0.001)
+    return 1;
+  return (long)ceil(seconds * 1000.0);
+}
+
+/* Reads the per-call options table at arg (or nothing) into req->limits. */
+static void read_options(lua_State *L, kw_request *req, int arg, const char *fname)
+{
+  kw_client *client = req->client;
+  kw_limits *limits = &req->limits;
+  long default_timeout = req->endpoint->body == KW_BODY_FILE ? 0 : client->timeout_ms;
+
+  limits->connect_timeout_ms = client->connect_timeout_ms;
+  limits->timeout_ms = default_timeout;
+  limits->stall_timeout_ms = client->stall_timeout_ms;
+  limits->max_response = client->max_response;
+  if (lua_isnoneornil(L, arg))
+    return;
+  if (lua_type(L, arg) != LUA_TTABLE)
+    kw_argerror(L, arg, fname, "options", "table expected, got %s",
+                luaL_typename(L, arg));
+  limits->connect_timeout_ms = option_ms(L, arg, "connect_timeout",
+                                         limits->connect_timeout_ms, fname, 0);
+  limits->timeout_ms = option_ms(L, arg, "timeout", limits->timeout_ms, fname, 0);
+  limits->stall_timeout_ms = option_ms(L, arg, "stall_timeout",
+                                       limits->stall_timeout_ms, fname, 0);
+  lua_getfield(L, arg, "max_response");
+  if (!lua_isnil(L, -1)) {
+    lua_Number n = lua_tonumber(L, -1);
+
+    if (lua_type(L, -1) != LUA_TNUMBER || !(n >= 1) || n > 1e12)
+      kw_argerror(L, arg, fname, "options",
+                  "option 'max_response' must be a number of bytes above 0");
+    limits->max_response = (size_t)n;
+  }
+  lua_pop(L, 1);
+  req->response.limit = limits->max_response;
+}
+
+static void read_upload_options(lua_State *L, kw_request *req, int arg, const char *fname)
+{
+  const char *context = "bulkImport";
+  const char *name = NULL;
+  const char *base;
+
+  if (lua_type(L, arg) == LUA_TTABLE) {
+    lua_getfield(L, arg, "context");
+    if (!lua_isnil(L, -1)) {
+      if (lua_type(L, -1) != LUA_TSTRING || kw_rawlen(L, -1) == 0)
+        kw_argerror(L, arg, fname, "options", "option 'context' must be a non-empty string");
+      context = lua_tostring(L, -1);
+    }
+    lua_getfield(L, arg, "filename");
+    if (!lua_isnil(L, -1)) {
+      if (lua_type(L, -1) != LUA_TSTRING || kw_rawlen(L, -1) == 0)
+        kw_argerror(L, arg, fname, "options", "option 'filename' must be a non-empty string");
+      name = lua_tostring(L, -1);
+    }
+  }
+  req->file_context = dup_or_raise(L, context, strlen(context));
+  if (name == NULL) {
+    base = strrchr(req->file_path, '/');
+    name = base != NULL ? base + 1 : req->file_path;
+  }
+  req->file_name = dup_or_raise(L, name, strlen(name));
+  if (lua_type(L, arg) == LUA_TTABLE)
+    lua_pop(L, 2);
+}
+
+static int file_error(lua_State *L, kw_request *req, const char *problem)
+{
+  kw_error_info info;
+  const char *message = lua_pushfstring(L, "cannot upload file '%s': %s",
+                                        req->file_path, problem);
+
+  memset(&info, 0, sizeof(info));
+  info.kind = "file";
+  info.message = message;
+  info.hint = "check the path and that the file is readable";
+  info.id = req->file_path;
+  info.retry_after = -1;
+  return kw_error_return(L, req->client, &info);
+}
+
+/* Checks that the file exists and builds the multipart form streamed from it. */
+static int prepare_upload(lua_State *L, kw_request *req)
+{
+  struct stat st;
+  curl_mimepart *part;
+  FILE *probe;
+
+  if (stat(req->file_path, &st) != 0)
+    return file_error(L, req, strerror(errno));
+  if (!S_ISREG(st.st_mode))
+    return file_error(L, req, "not a regular file");
+  probe = fopen(req->file_path, "rb");
+  if (probe == NULL)
+    return file_error(L, req, strerror(errno));
+  fclose(probe);
+
+  req->mime = curl_mime_init(req->client->easy);
+  if (req->mime == NULL)
+    luaL_error(L, "kore_workflow: out of memory");
+  part = curl_mime_addpart(req->mime);
+  if (part == NULL || curl_mime_name(part, "file") != CURLE_OK ||
+      curl_mime_filedata(part, req->file_path) != CURLE_OK ||
+      curl_mime_filename(part, req->file_name) != CURLE_OK)
+    luaL_error(L, "kore_workflow: cannot build the upload form for '%s'", req->file_path);
+  part = curl_mime_addpart(req->mime);
+  if (part == NULL || curl_mime_name(part, "fileContext") != CURLE_OK ||
+      curl_mime_data(part, req->file_context, CURL_ZERO_TERMINATED) != CURLE_OK)
+    luaL_error(L, "kore_workflow: cannot build the upload form for '%s'", req->file_path);
+  return 0;
+}
+
+static void prepare_json_body(lua_State *L, kw_request *req, int fields)
+{
+  size_t n;
+  const char *text;
+
+  kw_json_push_codec(L, req->client);
+  if (!kw_json_encode(L, -1, fields))
+    luaL_error(L, "kore_workflow: cannot encode the request body as JSON: %s",
+               lua_tostring(L, -1));
+  text = lua_tolstring(L, -1, &n);
+  req->body = dup_or_raise(L, text, n);
+  req->body_len = n;
+  lua_pop(L, 2);
+}
+
+/*
+ * Reads the Lua arguments of the call, starting at first_arg, into the
+ * request. Wrong arguments raise; a local runtime failure (a file that
+ * cannot be read) pushes nil, err and returns 2; success returns 0.
+ */
+int kw_request_prepare(lua_State *L, kw_request *req, int first_arg)
+{
+  const kw_endpoint *ep = req->endpoint;
+  const char *fname = function_name(L, ep);
+  int arg = first_arg;
+  int fields = 0;
+
+  if (ep->path_suffix != NULL) {
+    check_id(L, req, arg, fname);
+    arg++;
+  }
+  if (ep->body == KW_BODY_JSON) {
+    check_json_fields(L, req, arg, fname);
+    fields = lua_gettop(L);
+    arg++;
+  } else if (ep->body == KW_BODY_FILE) {
+    size_t n;
+    const char *path;
+
+    if (lua_type(L, arg) != LUA_TSTRING || kw_rawlen(L, arg) == 0)
+      kw_argerror(L, arg, fname, "path", "non-empty string expected, got %s",
+                  luaL_typename(L, arg));
+    path = lua_tolstring(L, arg, &n);
+    req->file_path = dup_or_raise(L, path, n);
+    req->id = dup_or_raise(L, path, n);
+    arg++;
+  }
+  read_options(L, req, arg, fname);
+  if (ep->body == KW_BODY_FILE)
+    read_upload_options(L, req, arg, fname);
+
+  if (ep->path_suffix != NULL)
+    escape_id(L, req);
+  else
+    build_url(L, req, NULL);
+
+  add_header(L, req, req->client->api_key_header);
+  add_header(L, req, "Accept: application/json");
+  if (ep->body == KW_BODY_JSON) {
+    add_header(L, req, "Content-Type: application/json");
+    prepare_json_body(L, req, fields);
+  }
+  if (ep->body == KW_BODY_FILE) {
+    add_header(L, req, "Expect:");
+    if (prepare_upload(L, req) != 0)
+      return 2;
+  }
+  return 0;
+}
+
+static size_t on_body(char *data, size_t size, size_t count, void *userdata)
+{
+  kw_request *req = userdata;
+  size_t n = size * count;
+
+  if (!kw_buf_append(&req->response, data, n))
+    return 0;
+  return n;
+}
+
+/* Sets every option of the transfer on easy; the handle keeps its connections. */
+void kw_request_setup_easy(kw_request *req, CURL *easy)
+{
+  const kw_client *client = req->client;
+  const kw_limits *limits = &req->limits;
+  long stall_seconds = (limits->stall_timeout_ms + 999) / 1000;
+
+  curl_easy_reset(easy);
+  req->errbuf[0] = '\0';
+  curl_easy_setopt(easy, CURLOPT_URL, req->url);
+  curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(easy, CURLOPT_PATH_AS_IS, 1L);
+  curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
+  curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, req->errbuf);
+  curl_easy_setopt(easy, CURLOPT_HTTPHEADER, req->headers);
+  curl_easy_setopt(easy, CURLOPT_USERAGENT, client->user_agent);
+  curl_easy_setopt(easy, CURLOPT_ACCEPT_ENCODING, "");
+  curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(easy, CURLOPT_WRITEDATA, req);
+  curl_easy_setopt(easy, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)limits->max_response);
+  curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L);
+  curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
+  if (client->ca_file != NULL)
+    curl_easy_setopt(easy, CURLOPT_CAINFO, client->ca_file);
+  curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, limits->connect_timeout_ms);
+  if (limits->timeout_ms > 0)
+    curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, limits->timeout_ms);
+  curl_easy_setopt(easy, CURLOPT_LOW_SPEED_LIMIT, 1L);
+  curl_easy_setopt(easy, CURLOPT_LOW_SPEED_TIME, stall_seconds > 0 ? stall_seconds : 1L);
+
+  if (req->endpoint->body == KW_BODY_JSON) {
+    curl_easy_setopt(easy, CURLOPT_POSTFIELDS, req->body);
+    curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
+  } else if (req->endpoint->body == KW_BODY_FILE) {
+    curl_easy_setopt(easy, CURLOPT_MIMEPOST, req->mime);
+  } else if (strcmp(req->endpoint->method, "POST") == 0) {
+    curl_easy_setopt(easy, CURLOPT_POSTFIELDS, "");
+    curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)0);
+  }
+
+  /*
+   * A request that is not safe to resend always gets a new connection:
+   * libcurl silently resends a request whose reused connection turned out
+   * dead, and that must never happen to an import whose bytes may have
+   * reached the server.
+   */
+  if (!(req->endpoint->flags & KW_IDEMPOTENT))
+    curl_easy_setopt(easy, CURLOPT_FRESH_CONNECT, 1L);
+}
+
+static char *dup_optional(const char *s)
+{
+  return s != NULL ? strdup(s) : NULL;
+}
+
+/* Copies what the result needs out of the finished transfer on easy. */
+void kw_request_collect(kw_request *req, CURL *easy, CURLcode code)
+{
+  char *text = NULL;
+  curl_off_t value = 0;
+
+  req->code = code;
+  curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &req->status);
+  if (curl_easy_getinfo(easy, CURLINFO_CONTENT_TYPE, &text) == CURLE_OK)
+    req->content_type = dup_optional(text);
+  text = NULL;
+  if (curl_easy_getinfo(easy, CURLINFO_REDIRECT_URL, &text) == CURLE_OK)
+    req->location = dup_optional(text);
+  req->retry_after = -1;
+  if (curl_easy_getinfo(easy, CURLINFO_RETRY_AFTER, &value) == CURLE_OK && value > 0)
+    req->retry_after = value;
+  value = 0;
+  curl_easy_getinfo(easy, CURLINFO_PRETRANSFER_TIME_T, &value);
+  req->request_sent = value > 0;
+  req->performed = 1;
+}
+
+/* Performs the request on the client's easy handle, reusing its connections. */
+void kw_request_perform(kw_request *req)
+{
+  CURL *easy = req->client->easy;
+  CURLcode code;
+
+  kw_request_setup_easy(req, easy);
+  code = curl_easy_perform(easy);
+  kw_request_collect(req, easy, code);
+  curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, NULL);
+  curl_easy_setopt(easy, CURLOPT_WRITEDATA, NULL);
+}
