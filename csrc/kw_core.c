@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "kw.h"
 
@@ -390,6 +391,13 @@ static int core_sleep(lua_State *L)
   return 0;
 }
 
+/* core.isatty(fd): true when the descriptor is a terminal, for progress display. */
+static int core_isatty(lua_State *L)
+{
+  lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
+  return 1;
+}
+
 static int core_new_error(lua_State *L)
 {
   return kw_error_new_lua(L);
@@ -422,6 +430,7 @@ int luaopen_kore_workflow_core(lua_State *L)
     { "new_error", core_new_error },
     { "monotonic", core_monotonic },
     { "sleep", core_sleep },
+    { "isatty", core_isatty },
     { NULL, NULL }
   };
   static int curl_ready = 0;

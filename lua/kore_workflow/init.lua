@@ -1,0 +1,318 @@
+--- kore_workflow: a client for the Kore.ai AI for Process workflow management API.
+--
+-- The C core (kore_workflow.core) performs every HTTP call; this module adds
+-- the client object, the default client configured from the environment,
+-- waiting for a job, and importing a workflow's three definition files.
+local core = require "kore_workflow.core"
+local waiter = require "kore_workflow.waiter"
+
+local M = {
+  _VERSION = core._VERSION,
+}
+
+--- Definition files of a UI export, in the order they are uploaded.
+-- `field` is the import body field that takes the uploaded file's id.
+M.definition_files = {
+  { role = "workflow_data", file = "app_definition.json", field = "workflowDataFileId" },
+  { role = "flow_data", file = "flow_definition.json", field = "flowDataFileId" },
+  { role = "env_variables", file = "env_variables.json", field = "envVariablesFileId" },
+}
+
+local function argument_error(position, name, fname, message, level)
+  error(("bad argument #%d (%s) to '%s' (%s)"):format(position, name, fname, message),
+    (level or 2) + 1)
+end
+
+-- Returns a JSON codec { encode, decode, null } of this module's own: vim.json
+-- inside Neovim, otherwise a private lua-cjson instance, so the host's cjson
+-- settings are neither used nor changed.
+local function new_codec()
+  local vim_json = type(vim) == "table" and rawget(vim, "json")
+  if type(vim_json) == "table" and type(vim_json.decode) == "function" then
+    return {
+      encode = vim_json.encode,
+      decode = function(text)
+        return vim_json.decode(text)
+      end,
+      null = rawget(vim, "NIL"),
+    }
+  end
+  local cjson = require("cjson").new()
+  cjson.decode_invalid_numbers(false)
+  cjson.encode_invalid_numbers(false)
+  cjson.decode_max_depth(200)
+  cjson.encode_max_depth(200)
+  return { encode = cjson.encode, decode = cjson.decode, null = cjson.null }
+end
+
+local Client = {}
+Client.__index = Client
+
+function Client:__tostring()
+  return tostring(self._handle)
+end
+
+--- Creates a client for one environment.
+---@param options table host (base URL), api_key, and optionally ca_file,
+--- connect_timeout, timeout, stall_timeout (seconds) and max_response (bytes)
+---@return table client
+function M.client(options)
+  if type(options) ~= "table" then
+    argument_error(1, "options", "kore_workflow.client", "table expected, got " .. type(options))
+  end
+  local codec = new_codec()
+  local handle = core.new_client(options, codec)
+  local api = core.bind(handle)
+  return setmetatable({
+    workflow = api.workflow,
+    files = api.files,
+    _handle = handle,
+    _codec = codec,
+  }, Client)
+end
+
+--- Builds an error table of the module, with the client's key redacted.
+function Client:new_error(fields)
+  return core.new_error(fields, self._handle)
+end
+
+local function id_text(id)
+  if type(id) == "number" then
+    return ("%.0f"):format(id)
+  end
+  return id
+end
+
+--- Polls a dock status until its job ends.
+-- Returns the job when it ends SUCCESS, or nil and an error (kind
+-- "job_failed" with the job attached, "timeout" at the deadline, or the
+-- error of the status call that cannot be retried).
+---@param dock_status_id string|integer
+---@param options table|nil timeout (seconds, default 900), on_progress(job),
+--- request_timeout, interval, max_interval, sleep, clock, random, label
+function Client:wait(dock_status_id, options)
+  local kind = type(dock_status_id)
+  if kind ~= "string" and kind ~= "number" then
+    argument_error(1, "dock status id", "wait", "string expected, got " .. kind)
+  end
+  if options ~= nil and type(options) ~= "table" then
+    argument_error(2, "options", "wait", "table expected, got " .. type(options))
+  end
+  options = options or {}
+  local status = self.workflow.status
+  return waiter.wait {
+    id = id_text(dock_status_id),
+    status = function(_, call_options)
+      return status(dock_status_id, call_options)
+    end,
+    new_error = function(fields)
+      return core.new_error(fields, self._handle)
+    end,
+    timeout = options.timeout,
+    request_timeout = options.request_timeout,
+    interval = options.interval,
+    factor = options.factor,
+    max_interval = options.max_interval,
+    on_progress = options.on_progress,
+    sleep = options.sleep or core.sleep,
+    clock = options.clock or core.monotonic,
+    random = options.random,
+    label = options.label,
+  }
+end
+
+local function join_path(dir, name)
+  if dir:sub(-1) == "/" then
+    return dir .. name
+  end
+  return dir .. "/" .. name
+end
+
+-- Returns the list of { role, file, field, path } for an export directory
+-- or a table of paths; raises on arguments of the wrong type.
+local function definition_paths(source, fname)
+  local paths = {}
+  if type(source) == "string" then
+    for i, def in ipairs(M.definition_files) do
+      paths[i] = { role = def.role, file = def.file, field = def.field,
+                   path = join_path(source, def.file), dir = source }
+    end
+  elseif type(source) == "table" then
+    for i, def in ipairs(M.definition_files) do
+      local path = source[def.role]
+      if type(path) ~= "string" or path == "" then
+        argument_error(2, "files", fname, ("field '%s' must be a file path, got %s")
+          :format(def.role, type(path)), 3)
+      end
+      paths[i] = { role = def.role, file = def.file, field = def.field, path = path }
+    end
+  else
+    argument_error(2, "files", fname, "directory path or table expected, got " .. type(source), 3)
+  end
+  return paths
+end
+
+-- Reads and parses one definition file; returns true, or nil and an error.
+function Client:_check_definition(def)
+  local handle, open_error = io.open(def.path, "rb")
+  local where = def.dir and ("%s in %s"):format(def.file, def.dir) or ("'%s'"):format(def.path)
+  if not handle then
+    local hint = def.dir
+      and "an export directory must contain app_definition.json, flow_definition.json and env_variables.json"
+      or "check the path"
+    return nil, self:new_error {
+      kind = "file", id = def.path, retryable = false,
+      message = ("cannot read the %s file %s (%s)"):format(def.role, where, open_error),
+      hint = hint,
+    }
+  end
+  local text = handle:read("*a")
+  handle:close()
+  local ok, decode_error = pcall(self._codec.decode, text)
+  if not ok then
+    return nil, self:new_error {
+      kind = "file", id = def.path, retryable = false,
+      message = ("the %s file %s is not valid JSON (%s)"):format(def.role, where,
+        tostring(decode_error)),
+      hint = "export the workflow again or fix the file; nothing was uploaded",
+    }
+  end
+  return true
+end
+
+--- Imports a workflow's three definition files into an existing workflow.
+-- Checks that every file exists and is valid JSON before anything is sent,
+-- uploads them, starts the import and, unless options.wait is false, waits
+-- for the job to end.
+---@param workflow_id string
+---@param source string|table export directory, or { workflow_data, flow_data, env_variables }
+---@param options table|nil as for wait, plus on_step(step, detail), wait,
+--- and context (file context of the uploads, default "bulkImport")
+function Client:import_files(workflow_id, source, options)
+  local fname = "import_files"
+  if type(workflow_id) ~= "string" then
+    argument_error(1, "workflow id", fname, "string expected, got " .. type(workflow_id))
+  end
+  if options ~= nil and type(options) ~= "table" then
+    argument_error(3, "options", fname, "table expected, got " .. type(options))
+  end
+  options = options or {}
+  local on_step = options.on_step or function() end
+  local defs = definition_paths(source, fname)
+
+  on_step("check", { files = defs })
+  for _, def in ipairs(defs) do
+    local ok, err = self:_check_definition(def)
+    if not ok then
+      return nil, err
+    end
+  end
+
+  local fields = {}
+  for _, def in ipairs(defs) do
+    on_step("upload", { role = def.role, path = def.path })
+    local file, err = self.files.upload(def.path, { context = options.context or "bulkImport" })
+    if not file then
+      return nil, err
+    end
+    fields[def.field] = file.fileId
+  end
+
+  on_step("import", { workflow_id = workflow_id, fields = fields })
+  local job, err = self.workflow.import(workflow_id, fields)
+  if not job then
+    return nil, err
+  end
+  if options.wait == false or job.status == "SUCCESS" then
+    return job
+  end
+
+  on_step("wait", { job = job })
+  local wait_options = {}
+  for k, v in pairs(options) do
+    wait_options[k] = v
+  end
+  wait_options.label = wait_options.label or ("import into workflow " .. workflow_id)
+  return self:wait(job.dockStatusId, wait_options)
+end
+
+-- The default client, built on first use from kore_workflow.configure{...} or
+-- from KORE_HOST and KORE_API_KEY.
+local default_options
+local default_client
+
+--- Sets the options of the default client used by kore_workflow.workflow.*,
+-- kore_workflow.files.* and kore_workflow.wait; missing host and api_key
+-- still come from KORE_HOST and KORE_API_KEY.
+function M.configure(options)
+  if type(options) ~= "table" then
+    argument_error(1, "options", "kore_workflow.configure", "table expected, got " .. type(options))
+  end
+  default_options = {}
+  for k, v in pairs(options) do
+    default_options[k] = v
+  end
+  default_client = nil
+end
+
+--- Returns the default client, creating it on first use.
+function M.default_client()
+  if default_client then
+    return default_client
+  end
+  local options = {}
+  for k, v in pairs(default_options or {}) do
+    options[k] = v
+  end
+  options.host = options.host or os.getenv("KORE_HOST")
+  options.api_key = options.api_key or os.getenv("KORE_API_KEY")
+  if options.host == nil then
+    error("kore_workflow: no host is configured; set KORE_HOST or call "
+      .. "kore_workflow.configure{ host = ..., api_key = ... }", 3)
+  end
+  if options.api_key == nil then
+    error("kore_workflow: no API key is configured; set KORE_API_KEY or call "
+      .. "kore_workflow.configure{ api_key = ... }", 3)
+  end
+  default_client = M.client(options)
+  return default_client
+end
+
+M.workflow = {
+  import = function(...)
+    return M.default_client().workflow.import(...)
+  end,
+  status = function(...)
+    return M.default_client().workflow.status(...)
+  end,
+}
+
+M.files = {
+  upload = function(...)
+    return M.default_client().files.upload(...)
+  end,
+}
+
+function M.wait(...)
+  return M.default_client():wait(...)
+end
+
+function M.import_files(...)
+  return M.default_client():import_files(...)
+end
+
+local error_metatable = getmetatable(core.new_error { kind = "probe", message = "probe" })
+
+--- Returns true when value is an error table of this module.
+function M.is_error(value)
+  return type(value) == "table" and getmetatable(value) == error_metatable
+end
+
+--- Blocks for the given number of seconds.
+M.sleep = core.sleep
+--- Returns seconds on a monotonic clock.
+M.monotonic = core.monotonic
+--- Returns true when the file descriptor (1 for stdout) is a terminal.
+M.isatty = core.isatty
+
+return M
