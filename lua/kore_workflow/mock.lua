@@ -1,0 +1,1847 @@
+-- Local HTTP emulator of the Kore.ai "AI for Process" workflow management API.
+--
+-- Pure Lua on LuaSocket and lua-cjson. One thread serves every connection,
+-- and each connection runs in its own coroutine. A scheduler built on
+-- socket.select resumes a coroutine when its socket is ready or its timer
+-- expires, so a delayed reply on one connection never blocks the others.
+--
+-- Runs on Lua 5.1, LuaJIT and Lua 5.2 to 5.4. Request handlers never yield,
+-- because Lua 5.1 cannot yield across pcall; only the connection loop around
+-- them waits for sockets and timers.
+
+local socket = require("socket")
+local cjson = require("cjson")
+
+local unpack = table.unpack or unpack
+
+local mock = {}
+
+local DEFAULT_WORKFLOW_ID = "a-00000000-0000-4000-8000-000000000001"
+local ID_FIELDS = { dockStatusId = true, ["dock-statusId"] = true, _id = true }
+local IMPORT_FIELDS = { "workflowDataFileId", "flowDataFileId", "envVariablesFileId" }
+local DEFINITION_NAMES = {
+  workflowDataFileId = "workflowData",
+  flowDataFileId = "flowData",
+  envVariablesFileId = "envVariables",
+}
+-- Request headers whose values the request log replaces with "***".
+local REDACTED_HEADERS = { ["x-api-key"] = true, authorization = true, ["proxy-authorization"] = true }
+
+local REASON_PHRASES = {
+  [100] = "Continue", [200] = "OK", [201] = "Created", [202] = "Accepted",
+  [204] = "No Content", [301] = "Moved Permanently", [302] = "Found",
+  [304] = "Not Modified", [400] = "Bad Request", [401] = "Unauthorized",
+  [403] = "Forbidden", [404] = "Not Found", [405] = "Method Not Allowed",
+  [408] = "Request Timeout", [409] = "Conflict", [411] = "Length Required",
+  [413] = "Content Too Large", [417] = "Expectation Failed",
+  [422] = "Unprocessable Content", [429] = "Too Many Requests",
+  [431] = "Request Header Fields Too Large", [500] = "Internal Server Error",
+  [501] = "Not Implemented", [502] = "Bad Gateway", [503] = "Service Unavailable",
+  [504] = "Gateway Timeout", [505] = "HTTP Version Not Supported",
+}
+
+-- Error codes for requests whose framing is rejected before routing.
+local FRAMING_ERROR_CODES = {
+  [413] = "PAYLOAD_TOO_LARGE",
+  [417] = "EXPECTATION_FAILED",
+  [501] = "NOT_IMPLEMENTED",
+}
+
+local MAX_HEAD_BYTES = 65536
+local MAX_LOGGED_FIELD_BYTES = 1024
+local MAX_CHUNK_LINE_BYTES = 4096
+local RECEIVE_SIZE = 65536
+
+---------------------------------------------------------------------------
+-- JSON
+---------------------------------------------------------------------------
+
+-- A private cjson instance, so that its settings never change those of the
+-- process-wide cjson module that other code may use.
+local json_decoder = cjson.new()
+json_decoder.decode_invalid_numbers(false)
+
+-- Metatable that marks a Lua table to be encoded as a JSON array, even when empty.
+local ARRAY_MT = {}
+
+local function json_array(t)
+  return setmetatable(t or {}, ARRAY_MT)
+end
+
+local function json_decode(text)
+  local ok, value = pcall(json_decoder.decode, text)
+  if not ok then
+    return nil, tostring(value)
+  end
+  return value
+end
+
+local JSON_ESCAPES = {
+  ['"'] = '\\"', ["\\"] = "\\\\", ["\b"] = "\\b", ["\f"] = "\\f",
+  ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t",
+}
+
+local function json_encode_string(s)
+  local escaped = s:gsub('[%c"\\]', function(c)
+    return JSON_ESCAPES[c] or string.format("\\u%04x", c:byte())
+  end)
+  return '"' .. escaped .. '"'
+end
+
+-- Formats integral numbers without a fraction, because lua-cjson decodes
+-- every number as a float on Lua 5.3 and 5.4.
+local function json_encode_number(n)
+  if n ~= n or n == math.huge or n == -math.huge then
+    return "null"
+  end
+  if n == math.floor(n) and math.abs(n) < 2 ^ 53 then
+    return string.format("%d", n)
+  end
+  return string.format("%.17g", n)
+end
+
+local function is_sequence(t)
+  local count = 0
+  for key in pairs(t) do
+    if type(key) ~= "number" or key < 1 or key ~= math.floor(key) then
+      return false
+    end
+    count = count + 1
+  end
+  return count > 0 and count == #t
+end
+
+-- Encodes a Lua value as JSON text. Object keys are sorted so that output
+-- is stable. Strings pass through byte for byte apart from the escapes that
+-- JSON requires, so binary content is not altered.
+local function json_encode(value)
+  local kind = type(value)
+  if value == nil or value == cjson.null then
+    return "null"
+  elseif kind == "boolean" then
+    return value and "true" or "false"
+  elseif kind == "number" then
+    return json_encode_number(value)
+  elseif kind == "string" then
+    return json_encode_string(value)
+  elseif kind == "table" then
+    local out = {}
+    if getmetatable(value) == ARRAY_MT or is_sequence(value) then
+      for i = 1, #value do
+        out[i] = json_encode(value[i])
+      end
+      return "[" .. table.concat(out, ",") .. "]"
+    end
+    local keys = {}
+    for key in pairs(value) do
+      keys[#keys + 1] = tostring(key)
+    end
+    table.sort(keys)
+    for i, key in ipairs(keys) do
+      local item = value[key]
+      if item == nil then
+        item = value[tonumber(key)]
+      end
+      out[i] = json_encode_string(key) .. ":" .. json_encode(item)
+    end
+    return "{" .. table.concat(out, ",") .. "}"
+  end
+  error("cannot encode a " .. kind .. " value as JSON")
+end
+
+mock.json_encode = json_encode
+mock.json_array = json_array
+
+---------------------------------------------------------------------------
+-- Random identifiers
+---------------------------------------------------------------------------
+
+local urandom = io.open("/dev/urandom", "rb")
+local math_random_seeded = false
+
+local function random_bytes(count)
+  if urandom then
+    local bytes = urandom:read(count)
+    if bytes and #bytes == count then
+      return bytes
+    end
+  end
+  if not math_random_seeded then
+    math.randomseed(os.time() + math.floor((socket.gettime() % 1) * 1e6))
+    math_random_seeded = true
+  end
+  local chars = {}
+  for i = 1, count do
+    chars[i] = string.char(math.random(0, 255))
+  end
+  return table.concat(chars)
+end
+
+local function to_hex(bytes)
+  return (bytes:gsub(".", function(c)
+    return string.format("%02x", c:byte())
+  end))
+end
+
+-- Returns a random version 4 UUID in lowercase hex.
+local function new_uuid()
+  local b = { random_bytes(16):byte(1, 16) }
+  b[7] = b[7] % 16 + 64
+  b[9] = b[9] % 64 + 128
+  local hex = to_hex(string.char(unpack(b)))
+  return hex:sub(1, 8) .. "-" .. hex:sub(9, 12) .. "-" .. hex:sub(13, 16)
+    .. "-" .. hex:sub(17, 20) .. "-" .. hex:sub(21, 32)
+end
+
+---------------------------------------------------------------------------
+-- HTTP text helpers
+---------------------------------------------------------------------------
+
+local function trim(s)
+  return (s:gsub("^[ \t]+", ""):gsub("[ \t]+$", ""))
+end
+
+-- Decodes %XX escapes. Returns nil for a malformed escape.
+local function percent_decode(s)
+  if s:find("%%[^%x]") or s:find("%%%x[^%x]") or s:find("%%%x?$") then
+    return nil
+  end
+  return (s:gsub("%%(%x%x)", function(hex)
+    return string.char(tonumber(hex, 16))
+  end))
+end
+
+-- Splits a raw path on "/" and then percent-decodes each segment, so that an
+-- encoded slash stays inside its segment. The leading "/" yields no segment.
+local function split_path(raw_path)
+  local segments = {}
+  for raw in (raw_path .. "/"):gmatch("([^/]*)/") do
+    local decoded = percent_decode(raw)
+    if not decoded then
+      return nil, string.format("invalid percent-encoding in path segment %s", json_encode_string(raw))
+    end
+    segments[#segments + 1] = decoded
+  end
+  table.remove(segments, 1)
+  return segments
+end
+
+local function parse_query(query)
+  local params = {}
+  for pair in query:gmatch("[^&]+") do
+    local name, value = pair:match("^([^=]*)=?(.*)$")
+    name = percent_decode((name:gsub("%+", " "))) or name
+    value = percent_decode((value:gsub("%+", " "))) or value
+    if params[name] == nil then
+      params[name] = value
+    end
+  end
+  return params
+end
+
+-- Parses a header value of the form `main; name=value; name="quoted"`.
+-- Returns the lowercased main value and a table of parameters with lowercased names.
+local function parse_header_parameters(value)
+  local main, rest = value:match("^%s*([^;]*)(.*)$")
+  local params = {}
+  local pos = 1
+  while true do
+    local _, stop, name = rest:find("^%s*;%s*([^=;%s]+)%s*=%s*", pos)
+    if not stop then
+      break
+    end
+    pos = stop + 1
+    local param_value
+    if rest:sub(pos, pos) == '"' then
+      local chars = {}
+      local i = pos + 1
+      while i <= #rest do
+        local c = rest:sub(i, i)
+        if c == "\\" then
+          chars[#chars + 1] = rest:sub(i + 1, i + 1)
+          i = i + 2
+        elseif c == '"' then
+          break
+        else
+          chars[#chars + 1] = c
+          i = i + 1
+        end
+      end
+      param_value = table.concat(chars)
+      pos = i + 1
+    else
+      local token = rest:match("^[^;]*", pos)
+      param_value = trim(token)
+      pos = pos + #token
+    end
+    params[name:lower()] = param_value
+  end
+  return trim(main):lower(), params
+end
+
+-- Decodes an RFC 5987 extended parameter value such as UTF-8''na%C3%AFve.json.
+local function decode_extended_parameter(value)
+  local encoded = value:match("^[^']*'[^']*'(.*)$")
+  if not encoded then
+    return nil
+  end
+  return percent_decode(encoded)
+end
+
+---------------------------------------------------------------------------
+-- multipart/form-data
+---------------------------------------------------------------------------
+
+-- Returns the boundary of a multipart/form-data content type, or nil and a message.
+local function multipart_boundary(content_type)
+  if not content_type then
+    return nil, "missing Content-Type header: send the upload as multipart/form-data"
+  end
+  local main, params = parse_header_parameters(content_type)
+  if main ~= "multipart/form-data" then
+    return nil, string.format("expected a multipart/form-data body, got Content-Type %s",
+      json_encode_string(content_type))
+  end
+  local boundary = params.boundary
+  if not boundary or boundary == "" then
+    return nil, "the multipart/form-data Content-Type has no boundary parameter"
+  end
+  if #boundary > 70 then
+    return nil, "the multipart boundary is longer than 70 characters"
+  end
+  return boundary
+end
+
+-- Finds the next delimiter line at or after `init` in data. A delimiter is
+-- CRLF, "--", the boundary, then either "--" (the close delimiter) or
+-- optional spaces and tabs followed by CRLF. The same bytes followed by
+-- anything else are content, not a delimiter.
+-- Returns the index where the delimiter's CRLF starts, the index just after
+-- the delimiter line, and whether it is the close delimiter.
+local function find_delimiter(data, boundary, init)
+  local marker = "\r\n--" .. boundary
+  local pos = init
+  while true do
+    local start, stop = data:find(marker, pos, true)
+    if not start then
+      return nil
+    end
+    local after = stop + 1
+    if data:sub(after, after + 1) == "--" then
+      return start, after + 2, true
+    end
+    local _, line_end = data:find("^[ \t]*\r\n", after)
+    if line_end then
+      return start, line_end + 1, false
+    end
+    pos = start + 1
+  end
+end
+
+local function parse_part_headers(text, part_number)
+  local headers = {}
+  if text == "" then
+    return headers
+  end
+  for line in (text .. "\r\n"):gmatch("(.-)\r\n") do
+    local name, value = line:match("^([^:%s]+):(.*)$")
+    if not name then
+      return nil, string.format("multipart part %d has an invalid header line %s",
+        part_number, json_encode_string(line))
+    end
+    name = name:lower()
+    value = trim(value)
+    if headers[name] then
+      headers[name] = headers[name] .. ", " .. value
+    else
+      headers[name] = value
+    end
+  end
+  return headers
+end
+
+-- Parses a multipart/form-data body. Binary safe: part content may hold any
+-- bytes, including NUL, CR LF and text that resembles the boundary.
+-- Returns an array of parts {name, filename, content_type, headers, content},
+-- or nil and a message.
+local function parse_multipart(body, boundary)
+  -- A leading CRLF lets a delimiter at the very start match like every other one.
+  local data = "\r\n" .. body
+  local _, pos, final = find_delimiter(data, boundary, 1)
+  if not pos then
+    return nil, string.format("the multipart body contains no delimiter line --%s", boundary)
+  end
+  local parts = {}
+  while not final do
+    local part_number = #parts + 1
+    local headers_text, content_start
+    if data:sub(pos, pos + 1) == "\r\n" then
+      headers_text = ""
+      content_start = pos + 2
+    else
+      local head_end, head_stop = data:find("\r\n\r\n", pos, true)
+      if not head_end then
+        return nil, string.format("multipart part %d has no blank line after its headers", part_number)
+      end
+      headers_text = data:sub(pos, head_end - 1)
+      content_start = head_stop + 1
+    end
+    local headers, header_error = parse_part_headers(headers_text, part_number)
+    if not headers then
+      return nil, header_error
+    end
+    local content_end, next_pos, is_final = find_delimiter(data, boundary, content_start)
+    if not content_end then
+      return nil, string.format("the multipart body ends without the close delimiter --%s--", boundary)
+    end
+    local part = { headers = headers, content = data:sub(content_start, content_end - 1) }
+    if headers["content-disposition"] then
+      local _, params = parse_header_parameters(headers["content-disposition"])
+      part.name = params.name
+      part.filename = params.filename
+      if params["filename*"] then
+        part.filename = decode_extended_parameter(params["filename*"]) or part.filename
+      end
+    end
+    part.content_type = headers["content-type"]
+    parts[part_number] = part
+    pos, final = next_pos, is_final
+  end
+  return parts
+end
+
+mock.parse_multipart = parse_multipart
+
+---------------------------------------------------------------------------
+-- Responses
+---------------------------------------------------------------------------
+
+local function json_response(status, value, headers)
+  return {
+    status = status,
+    body = json_encode(value),
+    content_type = "application/json; charset=utf-8",
+    headers = headers,
+  }
+end
+
+local function error_response(status, code, message, headers)
+  return json_response(status, { message = message, code = code }, headers)
+end
+
+local function bad_request(message)
+  return error_response(400, "BAD_REQUEST", message)
+end
+
+local function not_found(message)
+  return error_response(404, "NOT_FOUND", message)
+end
+
+local function quote(s)
+  return json_encode_string(tostring(s))
+end
+
+---------------------------------------------------------------------------
+-- Connections
+---------------------------------------------------------------------------
+
+local Connection = {}
+Connection.__index = Connection
+
+local function new_connection(server, sock)
+  return setmetatable({ server = server, sock = sock, buffer = "" }, Connection)
+end
+
+-- Returns a non-empty string of at most max_bytes, waiting up to timeout
+-- seconds for data. Returns nil and "closed", "timeout" or a socket error.
+function Connection:receive_some(max_bytes, timeout)
+  local deadline = socket.gettime() + timeout
+  while true do
+    local data, err, partial = self.sock:receive(max_bytes)
+    local chunk = data or partial
+    if chunk and chunk ~= "" then
+      return chunk
+    end
+    if err ~= "timeout" then
+      return nil, err
+    end
+    if coroutine.yield("read", deadline) == "timeout" then
+      return nil, "timeout"
+    end
+  end
+end
+
+-- Reads until the Lua pattern matches in the buffer. Returns the buffer text
+-- before the match and removes it and the match from the buffer.
+function Connection:read_until(pattern, max_bytes, timeout)
+  while true do
+    local start, stop = self.buffer:find(pattern)
+    if start then
+      local text = self.buffer:sub(1, start - 1)
+      self.buffer = self.buffer:sub(stop + 1)
+      return text
+    end
+    if #self.buffer > max_bytes then
+      return nil, "too_large"
+    end
+    local chunk, err = self:receive_some(RECEIVE_SIZE, timeout)
+    if not chunk then
+      return nil, err
+    end
+    self.buffer = self.buffer .. chunk
+  end
+end
+
+-- Reads exactly count bytes, collecting pieces in a table so that large
+-- bodies are not copied once per received chunk.
+function Connection:read_exact(count, timeout)
+  local pieces = {}
+  local have = 0
+  if self.buffer ~= "" then
+    local take = math.min(count, #self.buffer)
+    pieces[1] = self.buffer:sub(1, take)
+    self.buffer = self.buffer:sub(take + 1)
+    have = take
+  end
+  while have < count do
+    local chunk, err = self:receive_some(math.min(RECEIVE_SIZE, count - have), timeout)
+    if not chunk then
+      return nil, err
+    end
+    pieces[#pieces + 1] = chunk
+    have = have + #chunk
+  end
+  return table.concat(pieces)
+end
+
+function Connection:send_all(data, timeout)
+  local deadline = socket.gettime() + timeout
+  local index = 1
+  while index <= #data do
+    local last, err, partial_last = self.sock:send(data, index)
+    if last then
+      index = last + 1
+    else
+      if err ~= "timeout" then
+        return nil, err
+      end
+      index = partial_last + 1
+      if index <= #data and coroutine.yield("write", deadline) == "timeout" then
+        return nil, "timeout"
+      end
+    end
+  end
+  return true
+end
+
+function Connection.sleep(_, seconds)
+  if seconds and seconds > 0 then
+    coroutine.yield("sleep", socket.gettime() + seconds)
+  end
+end
+
+-- Closes the connection. With reset, SO_LINGER 0 makes the kernel send a
+-- TCP RST in place of the normal FIN. Returns whether the linger option took effect.
+function Connection:close(reset)
+  if self.closed then
+    return true
+  end
+  self.closed = true
+  local reset_set = false
+  if reset then
+    reset_set = self.sock:setoption("linger", { on = true, timeout = 0 }) and true or false
+  end
+  self.sock:close()
+  return reset_set
+end
+
+---------------------------------------------------------------------------
+-- Reading requests
+---------------------------------------------------------------------------
+
+-- Parses the request line and header fields. Returns a request table, or
+-- nil, an HTTP status and a message.
+local function parse_request_head(head)
+  local lines = {}
+  for line in (head .. "\n"):gmatch("(.-)\r?\n") do
+    lines[#lines + 1] = line
+  end
+  local method, target, major, minor = lines[1]:match("^(%S+) (%S+) HTTP/(%d)%.(%d)$")
+  if not method then
+    return nil, 400, string.format("invalid request line %s", quote(lines[1]))
+  end
+  if major ~= "1" then
+    return nil, 505, string.format("HTTP version %s.%s is not supported: use HTTP/1.1", major, minor)
+  end
+  if target:sub(1, 1) ~= "/" then
+    return nil, 400, string.format("request target %s must start with /", quote(target))
+  end
+  local headers = {}
+  for i = 2, #lines do
+    local line = lines[i]
+    if line:find("^[ \t]") then
+      return nil, 400, "obsolete header line folding is not accepted"
+    end
+    local name, value = line:match("^([^:%s]+):(.*)$")
+    if not name then
+      -- The line is not echoed, because it may contain a secret header value.
+      return nil, 400, string.format("invalid header line %d: expected a field name, a colon and a value", i)
+    end
+    name = name:lower()
+    value = trim(value)
+    if headers[name] then
+      headers[name] = headers[name] .. ", " .. value
+    else
+      headers[name] = value
+    end
+  end
+  local path, query = target:match("^([^?]*)%??(.*)$")
+  local connection = (headers.connection or ""):lower()
+  local keep_alive
+  if minor == "0" then
+    keep_alive = connection:find("keep%-alive") ~= nil
+  else
+    keep_alive = connection:find("close") == nil
+  end
+  return {
+    method = method,
+    target = target,
+    path = path,
+    query = query,
+    version = "1." .. minor,
+    headers = headers,
+    keep_alive = keep_alive,
+  }
+end
+
+-- Works out how the request body is framed. Returns "none", "length" with a
+-- byte count, or "chunked"; or nil, an HTTP status and a message.
+local function body_framing(request, max_body)
+  local transfer_encoding = request.headers["transfer-encoding"]
+  if transfer_encoding then
+    local codings = {}
+    for coding in transfer_encoding:lower():gmatch("[^,%s]+") do
+      codings[#codings + 1] = coding
+    end
+    if codings[#codings] ~= "chunked" then
+      return nil, 501, string.format("Transfer-Encoding %s is not supported: use chunked or Content-Length",
+        quote(transfer_encoding))
+    end
+    if request.headers["content-length"] then
+      -- Both headers together can smuggle requests, so the connection closes after this one.
+      request.keep_alive = false
+    end
+    return "chunked"
+  end
+  local content_length = request.headers["content-length"]
+  if not content_length then
+    return "none"
+  end
+  local length
+  for value in content_length:gmatch("[^,]+") do
+    value = trim(value)
+    if not value:find("^%d+$") or (length and tonumber(value) ~= length) then
+      return nil, 400, string.format("invalid Content-Length %s", quote(content_length))
+    end
+    length = tonumber(value)
+  end
+  if not length then
+    return nil, 400, string.format("invalid Content-Length %s", quote(content_length))
+  end
+  if length > max_body then
+    return nil, 413, string.format("request body of %d bytes is larger than the limit of %d bytes",
+      length, max_body)
+  end
+  return "length", length
+end
+
+-- Reads a chunked body. Returns the body, or nil, an HTTP status (nil when
+-- the connection failed) and a message.
+local function read_chunked_body(conn, max_body, timeout)
+  local pieces = {}
+  local total = 0
+  while true do
+    local line, err = conn:read_until("\r\n", MAX_CHUNK_LINE_BYTES, timeout)
+    if not line then
+      if err == "too_large" then
+        return nil, 400, "chunk size line is too long"
+      end
+      return nil, nil, err
+    end
+    local size_hex = line:match("^[ \t]*(%x+)[ \t]*;?.*$")
+    if not size_hex or #size_hex > 12 then
+      return nil, 400, string.format("invalid chunk size line %s", quote(line))
+    end
+    local size = tonumber(size_hex, 16)
+    if size == 0 then
+      -- Trailer fields end with an empty line; their content is ignored.
+      while true do
+        local trailer, trailer_err = conn:read_until("\r\n", MAX_HEAD_BYTES, timeout)
+        if not trailer then
+          return nil, nil, trailer_err
+        end
+        if trailer == "" then
+          return table.concat(pieces)
+        end
+      end
+    end
+    total = total + size
+    if total > max_body then
+      return nil, 413, string.format("chunked request body is larger than the limit of %d bytes", max_body)
+    end
+    local data, data_err = conn:read_exact(size, timeout)
+    if not data then
+      return nil, nil, data_err
+    end
+    pieces[#pieces + 1] = data
+    local crlf, crlf_err = conn:read_exact(2, timeout)
+    if not crlf then
+      return nil, nil, crlf_err
+    end
+    if crlf ~= "\r\n" then
+      return nil, 400, "chunk data is not followed by CRLF"
+    end
+  end
+end
+
+---------------------------------------------------------------------------
+-- Server
+---------------------------------------------------------------------------
+
+local Server = {}
+Server.__index = Server
+
+local function check_option(condition, message)
+  if not condition then
+    error("kore_workflow.mock.new: " .. message, 3)
+  end
+end
+
+local function is_integer(value)
+  return type(value) == "number" and value == math.floor(value)
+end
+
+-- Creates an emulator; it listens only after listen(), run() or step().
+-- Every option is optional:
+--   host ("127.0.0.1"), port (0 picks a free port);
+--   api_key: the key that requests must send in x-api-key. Without it, any
+--     non-empty x-api-key value is accepted;
+--   polls (2): dock-status polls that return IN_PROGRESS before a job ends;
+--   delay (0): seconds added before every API reply;
+--   id_field ("dockStatusId"): job id field name in import replies, one of
+--     dockStatusId, dock-statusId and _id, because real servers vary;
+--   workflows: list of workflow ids to seed, by default DEFAULT_WORKFLOW_ID;
+--   log: function(line, kind) called with one line per request (kind
+--     "request") and with lifecycle and error lines ("info", "error").
+--     The configured API key and file URL signatures are replaced by "***";
+--   idle_exit: seconds without any request after which run() returns "idle";
+--   max_body (64 MiB), max_connections (200), keepalive_timeout (120 s),
+--   request_timeout (30 s, the longest wait for one read or write of a
+--     request in progress), file_url_ttl (3600 s).
+-- Raises an error naming an invalid option.
+function mock.new(opts)
+  opts = opts or {}
+  check_option(type(opts) == "table", "options must be a table")
+  local host = opts.host or "127.0.0.1"
+  check_option(type(host) == "string" and host ~= "", "host must be a non-empty string")
+  local port = opts.port or 0
+  check_option(is_integer(port) and port >= 0 and port <= 65535, "port must be an integer from 0 to 65535")
+  check_option(opts.api_key == nil or (type(opts.api_key) == "string" and opts.api_key ~= ""),
+    "api_key must be a non-empty string")
+  local polls = opts.polls or 2
+  check_option(is_integer(polls) and polls >= 0, "polls must be an integer of at least 0")
+  local delay = opts.delay or 0
+  check_option(type(delay) == "number" and delay >= 0 and delay < math.huge,
+    "delay must be a number of seconds of at least 0")
+  local id_field = opts.id_field or "dockStatusId"
+  check_option(ID_FIELDS[id_field], "id_field must be dockStatusId, dock-statusId or _id")
+  check_option(opts.log == nil or type(opts.log) == "function", "log must be a function")
+  check_option(opts.idle_exit == nil or (type(opts.idle_exit) == "number" and opts.idle_exit > 0),
+    "idle_exit must be a number of seconds greater than 0")
+  local workflows = opts.workflows
+  check_option(workflows == nil or type(workflows) == "table",
+    "workflows must be a list of workflow id strings")
+  if workflows == nil or #workflows == 0 then
+    workflows = { DEFAULT_WORKFLOW_ID }
+  end
+
+  local server = setmetatable({
+    host = host,
+    port = port,
+    api_key = opts.api_key,
+    polls = polls,
+    delay = delay,
+    id_field = id_field,
+    log_function = opts.log,
+    idle_exit = opts.idle_exit,
+    max_body = opts.max_body or 64 * 1024 * 1024,
+    max_connections = opts.max_connections or 200,
+    keepalive_timeout = opts.keepalive_timeout or 120,
+    request_timeout = opts.request_timeout or 30,
+    file_url_ttl = opts.file_url_ttl or 3600,
+    connections = {},
+    connection_count = 0,
+    request_log = {},
+    scripts = {},
+    next_script_id = 1,
+    workflows = {},
+    files = {},
+    jobs = {},
+    last_activity = socket.gettime(),
+  }, Server)
+  for _, id in ipairs(workflows) do
+    check_option(type(id) == "string" and id ~= "", "workflows must be a list of non-empty strings")
+    server.workflows[id] = { id = id, history = 0 }
+  end
+  return server
+end
+
+function Server:log(line, kind)
+  if not self.log_function then
+    return
+  end
+  if self.api_key then
+    local start, stop = line:find(self.api_key, 1, true)
+    while start do
+      line = line:sub(1, start - 1) .. "***" .. line:sub(stop + 1)
+      start, stop = line:find(self.api_key, start + 3, true)
+    end
+  end
+  self.log_function(line, kind or "info")
+end
+
+-- Binds and listens. Returns true, or nil and a message.
+function Server:listen()
+  if self.master then
+    return true
+  end
+  local master, err = socket.bind(self.host, self.port, 128)
+  if not master then
+    return nil, string.format("cannot listen on %s port %d: %s", self.host, self.port, tostring(err))
+  end
+  master:settimeout(0)
+  local _, bound_port = master:getsockname()
+  self.master = master
+  self.bound_port = tonumber(bound_port)
+  self:log("listening on " .. self:url(), "info")
+  return true
+end
+
+-- Returns the base URL, such as http://127.0.0.1:8080. Known after listen().
+function Server:url()
+  if not self.bound_port then
+    error("kore_workflow.mock: url() is known only after listen()", 2)
+  end
+  local host = self.host
+  if host == "*" or host == "0.0.0.0" then
+    host = "127.0.0.1"
+  elseif host == "::" then
+    host = "::1"
+  end
+  if host:find(":", 1, true) then
+    host = "[" .. host .. "]"
+  end
+  return string.format("http://%s:%d", host, self.bound_port)
+end
+
+function Server:add_connection(sock)
+  sock:settimeout(0)
+  sock:setoption("tcp-nodelay", true)
+  local conn = new_connection(self, sock)
+  conn.co = coroutine.create(function()
+    self:serve_connection(conn)
+  end)
+  self.connections[conn] = true
+  self.connection_count = self.connection_count + 1
+  self:resume(conn, "start")
+end
+
+function Server:remove_connection(conn)
+  if self.connections[conn] then
+    self.connections[conn] = nil
+    self.connection_count = self.connection_count - 1
+  end
+  conn:close()
+end
+
+function Server:resume(conn, reason)
+  local ok, wait, deadline = coroutine.resume(conn.co, reason)
+  if not ok then
+    self:log("connection closed after an internal error: " .. tostring(wait), "error")
+    self:remove_connection(conn)
+    return
+  end
+  if coroutine.status(conn.co) == "dead" then
+    self:remove_connection(conn)
+    return
+  end
+  conn.wait, conn.deadline = wait, deadline
+end
+
+-- Serves one scheduler round: waits up to timeout seconds (default 0) for
+-- socket events or timers, accepts new connections and resumes every
+-- connection whose socket is ready or whose timer expired.
+function Server:step(timeout)
+  if not self.master then
+    error("kore_workflow.mock: call listen() before step()", 2)
+  end
+  local now = socket.gettime()
+  local wake_at = now + (timeout or 0)
+  local readers, writers = {}, {}
+  if self.connection_count < self.max_connections then
+    readers[1] = self.master
+  end
+  for conn in pairs(self.connections) do
+    if conn.wait == "read" then
+      readers[#readers + 1] = conn.sock
+    elseif conn.wait == "write" then
+      writers[#writers + 1] = conn.sock
+    end
+    if conn.deadline and conn.deadline < wake_at then
+      wake_at = conn.deadline
+    end
+  end
+  local readable, writable = socket.select(readers, writers, math.max(0, wake_at - now))
+  readable = readable or {}
+  writable = writable or {}
+
+  local ready = {}
+  for conn in pairs(self.connections) do
+    ready[#ready + 1] = conn
+  end
+  if readable[self.master] then
+    while self.connection_count < self.max_connections do
+      local sock = self.master:accept()
+      if not sock then
+        break
+      end
+      self:add_connection(sock)
+    end
+  end
+  now = socket.gettime()
+  for _, conn in ipairs(ready) do
+    if self.connections[conn] then
+      if (conn.wait == "read" and readable[conn.sock]) or (conn.wait == "write" and writable[conn.sock]) then
+        self:resume(conn, "ready")
+      elseif conn.deadline and now >= conn.deadline then
+        self:resume(conn, conn.wait == "sleep" and "done" or "timeout")
+      end
+    end
+  end
+end
+
+-- Serves until POST /_mock/shutdown, or until no request arrived for
+-- idle_exit seconds when that option is set. Returns "shutdown" or
+-- "idle"; or nil and a message when listening fails.
+function Server:run()
+  local ok, err = self:listen()
+  if not ok then
+    return nil, err
+  end
+  while not self.stop_reason do
+    self:step(1)
+    if self.idle_exit and self.connection_count == 0
+      and socket.gettime() - self.last_activity >= self.idle_exit then
+      self.stop_reason = "idle"
+      self:log(string.format("stopping: no request for %g seconds", self.idle_exit), "info")
+    end
+  end
+  local reason = self.stop_reason
+  self:close()
+  return reason
+end
+
+-- Closes the listening socket and every connection.
+function Server:close()
+  for conn in pairs(self.connections) do
+    self:remove_connection(conn)
+  end
+  if self.master then
+    self.master:close()
+    self.master = nil
+  end
+end
+
+---------------------------------------------------------------------------
+-- Serving a connection
+---------------------------------------------------------------------------
+
+function Server:serve_connection(conn)
+  while not self.stop_reason do
+    if not self:serve_request(conn) then
+      break
+    end
+  end
+end
+
+function Server.build_response_text(_, request, response, keep_alive)
+  local status = response.status
+  local lines = {
+    string.format("HTTP/1.1 %d %s", status, REASON_PHRASES[status] or "Unknown"),
+    "Server: kore-workflow-mock",
+  }
+  local has = {}
+  local extra = response.headers or {}
+  local names = {}
+  for name in pairs(extra) do
+    names[#names + 1] = name
+  end
+  table.sort(names)
+  for _, name in ipairs(names) do
+    local lower = name:lower()
+    if lower ~= "content-length" and lower ~= "connection" and lower ~= "transfer-encoding" then
+      lines[#lines + 1] = name .. ": " .. tostring(extra[name])
+      has[lower] = true
+    end
+  end
+  local body = response.body or ""
+  local bodiless = status == 204 or status == 304
+  if not bodiless then
+    if not has["content-type"] and response.content_type then
+      lines[#lines + 1] = "Content-Type: " .. response.content_type
+    end
+    lines[#lines + 1] = "Content-Length: " .. string.format("%d", #body)
+  end
+  lines[#lines + 1] = "Connection: " .. (keep_alive and "keep-alive" or "close")
+  local head = table.concat(lines, "\r\n") .. "\r\n\r\n"
+  if bodiless or (request and request.method == "HEAD") then
+    return head
+  end
+  return head .. body
+end
+
+-- Sends a response. Returns whether the connection stays open.
+function Server:send_response(conn, request, response)
+  local keep_alive = request ~= nil and request.keep_alive and not response.close and not self.stop_reason
+  local extra = response.headers or {}
+  for name, value in pairs(extra) do
+    if name:lower() == "connection" and tostring(value):lower():find("close") then
+      keep_alive = false
+    end
+  end
+  local ok = conn:send_all(self:build_response_text(request, response, keep_alive), self.request_timeout)
+  return ok and keep_alive or false
+end
+
+-- Returns the request path for a log line, without the query because it
+-- may contain a file URL signature. Server:log redacts the API key.
+function Server.loggable_path(_, request)
+  local path = request.path
+  if request.query ~= "" then
+    path = path .. "?..."
+  end
+  return path
+end
+
+function Server:log_request(request, status, started, note)
+  if not self.log_function then
+    return
+  end
+  local line = string.format("%s %s %s %.1fms", request.method, self:loggable_path(request),
+    status and string.format("%d", status) or "-", (socket.gettime() - started) * 1000)
+  if note then
+    line = line .. " (" .. note .. ")"
+  end
+  self:log(line, "request")
+end
+
+-- Reads one request and sends its response. Returns whether the connection stays open.
+function Server:serve_request(conn)
+  -- Empty lines before a request line are allowed by RFC 9112.
+  local head, err = conn:read_until("\r?\n\r?\n", MAX_HEAD_BYTES, self.keepalive_timeout)
+  while head == "" do
+    head, err = conn:read_until("\r?\n\r?\n", MAX_HEAD_BYTES, self.keepalive_timeout)
+  end
+  if not head then
+    if err == "too_large" then
+      self:send_response(conn, nil, error_response(431, "HEADERS_TOO_LARGE",
+        string.format("request head is larger than %d bytes", MAX_HEAD_BYTES)))
+    end
+    return false
+  end
+  head = head:gsub("^[\r\n]+", "")
+  local started = socket.gettime()
+  self.last_activity = started
+
+  local request, status, message = parse_request_head(head)
+  if not request then
+    self:log(string.format("rejected a request: %s", message), "error")
+    self:send_response(conn, nil, error_response(status, "BAD_REQUEST", message))
+    return false
+  end
+  local is_control = request.path == "/_mock" or request.path:sub(1, 7) == "/_mock/"
+
+  local body, framing_error
+  body, status, framing_error = self:read_body(conn, request)
+  if not body and not status then
+    return false
+  end
+  request.body = body or ""
+  local record
+  if not is_control then
+    record = self:record_request(request)
+    if framing_error then
+      record.error = framing_error
+    end
+  end
+  if not body then
+    local response = error_response(status, FRAMING_ERROR_CODES[status] or "BAD_REQUEST", framing_error)
+    response.close = true
+    if record then
+      record.response_status = status
+    end
+    self:log_request(request, status, started, framing_error)
+    self:send_response(conn, request, response)
+    return false
+  end
+
+  if is_control then
+    return self:answer_control(conn, request, started)
+  end
+  return self:answer_api(conn, request, record, started)
+end
+
+-- Reads the request body, first sending 100 Continue when the client asks
+-- for it. Returns the body; or nil, an HTTP status and a message; or nil
+-- alone when the connection failed.
+function Server:read_body(conn, request)
+  local framing, length_or_status, message = body_framing(request, self.max_body)
+  if not framing then
+    return nil, length_or_status, message
+  end
+  local expect = request.headers.expect
+  if expect then
+    if expect:lower() ~= "100-continue" then
+      return nil, 417, string.format("Expect %s is not supported: only 100-continue is", quote(expect))
+    end
+    local expects_body = framing == "chunked" or (framing == "length" and length_or_status > 0)
+    if request.version == "1.1" and expects_body and conn.buffer == "" then
+      if not conn:send_all("HTTP/1.1 100 Continue\r\n\r\n", self.request_timeout) then
+        return nil
+      end
+    end
+  end
+  if framing == "none" then
+    return ""
+  elseif framing == "length" then
+    local body = conn:read_exact(length_or_status, self.request_timeout)
+    if not body then
+      return nil
+    end
+    return body
+  end
+  return read_chunked_body(conn, self.max_body, self.request_timeout)
+end
+
+function Server:answer_control(conn, request, started)
+  local ok, response = pcall(self.handle_control, self, request)
+  if not ok then
+    self:log("internal error in a control route: " .. tostring(response), "error")
+    response = error_response(500, "INTERNAL_ERROR", "internal emulator error: " .. tostring(response))
+  end
+  self:log_request(request, response.status, started)
+  local keep_open = self:send_response(conn, request, response)
+  if response.stop_after_send then
+    self.stop_reason = response.stop_after_send
+    self:log("stopping: shutdown requested", "info")
+    return false
+  end
+  return keep_open
+end
+
+function Server:call_api_handler(request, record)
+  local ok, response = pcall(self.handle_api, self, request, record)
+  if ok then
+    return response
+  end
+  self:log("internal error in an API route: " .. tostring(response), "error")
+  return error_response(500, "INTERNAL_ERROR", "internal emulator error: " .. tostring(response))
+end
+
+function Server:answer_api(conn, request, record, started)
+  local entry = self:take_script_entry(request)
+  conn:sleep(self.delay)
+  local response
+  if entry then
+    conn:sleep(entry.delay)
+    if entry.drop or entry.reset then
+      record.closed = entry.reset and "reset" or "drop"
+      local reset_set = conn:close(entry.reset)
+      local note = "scripted " .. record.closed
+      if entry.reset and not reset_set then
+        note = note .. ", but SO_LINGER could not be set, so the close was a normal FIN"
+      end
+      self:log_request(request, nil, started, note)
+      return false
+    end
+    if entry.passthrough then
+      response = self:call_api_handler(request, record)
+    else
+      response = { status = entry.status, headers = entry.headers, body = entry.body }
+    end
+  else
+    response = self:call_api_handler(request, record)
+  end
+  record.response_status = response.status
+  self.last_activity = socket.gettime()
+  self:log_request(request, response.status, started, entry and "scripted" or nil)
+  return self:send_response(conn, request, response)
+end
+
+---------------------------------------------------------------------------
+-- Request log and scripts
+---------------------------------------------------------------------------
+
+function Server:key_matches(key)
+  if not key or key == "" then
+    return false
+  end
+  if self.api_key then
+    return key == self.api_key
+  end
+  return true
+end
+
+-- Appends a request to the request log. The record contains the decoded JSON
+-- body or multipart part summaries, with secret header values replaced by "***".
+function Server:record_request(request)
+  local headers = {}
+  for name, value in pairs(request.headers) do
+    headers[name] = REDACTED_HEADERS[name] and "***" or value
+  end
+  local record = {
+    method = request.method,
+    path = request.target,
+    headers = headers,
+    key_ok = self:key_matches(request.headers["x-api-key"]),
+    body_size = #(request.body or ""),
+  }
+  local content_type = request.headers["content-type"] or ""
+  if content_type:lower():find("^%s*multipart/") then
+    local boundary, boundary_error = multipart_boundary(content_type)
+    local parts, parse_error
+    if boundary then
+      parts, parse_error = parse_multipart(request.body, boundary)
+    end
+    request.parts = parts
+    request.multipart_error = boundary_error or parse_error
+    if parts then
+      record.parts = json_array()
+      for i, part in ipairs(parts) do
+        record.parts[i] = {
+          name = part.name,
+          filename = part.filename,
+          content_type = part.content_type,
+          size = #part.content,
+          headers = part.headers,
+        }
+        -- Short form fields such as fileContext are kept so that tests can check them.
+        if not part.filename and #part.content <= MAX_LOGGED_FIELD_BYTES then
+          record.parts[i].value = part.content
+        end
+      end
+    else
+      record.multipart_error = request.multipart_error
+    end
+  elseif request.body and request.body ~= "" then
+    local value = json_decode(request.body)
+    if value ~= nil then
+      record.body = value
+    end
+  end
+  self.request_log[#self.request_log + 1] = record
+  return record
+end
+
+local function script_matches(script, request)
+  if script.method and script.method ~= request.method then
+    return false
+  end
+  if script.path then
+    return script.path == request.path
+  end
+  local ok, found = pcall(string.find, request.path, script.path_pattern)
+  return ok and found ~= nil
+end
+
+-- Returns the next scripted response entry for the request, if a script
+-- matches, and advances that script.
+function Server:take_script_entry(request)
+  for index, script in ipairs(self.scripts) do
+    if script_matches(script, request) then
+      local entry = script.responses[script.next_entry]
+      script.next_entry = script.next_entry + 1
+      if script.next_entry > #script.responses then
+        script.next_entry = 1
+        if script.repeat_count ~= -1 then
+          script.repeat_count = script.repeat_count - 1
+          if script.repeat_count <= 0 then
+            table.remove(self.scripts, index)
+          end
+        end
+      end
+      return entry
+    end
+  end
+  return nil
+end
+
+local function validate_script_entry(entry, index)
+  local where = string.format("responses[%d]", index)
+  if type(entry) ~= "table" then
+    return nil, where .. " must be an object"
+  end
+  local result = {}
+  for _, flag in ipairs({ "drop", "reset", "passthrough" }) do
+    local value = entry[flag]
+    if value ~= nil and value ~= cjson.null then
+      if type(value) ~= "boolean" then
+        return nil, string.format("%s.%s must be true or false", where, flag)
+      end
+      result[flag] = value
+    end
+  end
+  local status = entry.status
+  if status == nil or status == cjson.null then
+    status = 200
+  end
+  if not is_integer(status) or status < 200 or status > 599 then
+    return nil, string.format("%s.status must be an integer from 200 to 599", where)
+  end
+  result.status = math.floor(status)
+  local delay = entry.delay
+  if delay ~= nil and delay ~= cjson.null then
+    if type(delay) ~= "number" or delay < 0 or delay ~= delay or delay == math.huge then
+      return nil, string.format("%s.delay must be a number of seconds of at least 0", where)
+    end
+    result.delay = delay
+  end
+  local headers = {}
+  if entry.headers ~= nil and entry.headers ~= cjson.null then
+    if type(entry.headers) ~= "table" then
+      return nil, where .. ".headers must be an object of header names to values"
+    end
+    for name, value in pairs(entry.headers) do
+      if type(name) ~= "string" or not name:find("^[!#$%%&'*+.^_`|~%w-]+$") then
+        return nil, string.format("%s.headers has an invalid header name %s", where, quote(name))
+      end
+      if type(value) == "number" then
+        value = json_encode_number(value)
+      end
+      if type(value) ~= "string" or value:find("[\r\n]") then
+        return nil, string.format("%s.headers[%s] must be a string without line breaks", where, quote(name))
+      end
+      headers[name] = value
+    end
+  end
+  local body = entry.body
+  if body == nil or body == cjson.null then
+    body = ""
+  elseif type(body) == "table" then
+    body = json_encode(body)
+  elseif type(body) ~= "string" then
+    return nil, where .. ".body must be a string or a JSON value to encode"
+  end
+  local has_content_type = false
+  for name in pairs(headers) do
+    if name:lower() == "content-type" then
+      has_content_type = true
+    end
+  end
+  if body ~= "" and not has_content_type then
+    headers["Content-Type"] = "application/json"
+  end
+  result.headers = headers
+  result.body = body
+  return result
+end
+
+-- Validates a script object from POST /_mock/script and returns the script
+-- in its stored form, or nil and a message.
+local function validate_script(value)
+  if type(value) ~= "table" or value[1] ~= nil then
+    return nil, "the script must be a JSON object"
+  end
+  local script = {}
+  if value.method ~= nil and value.method ~= cjson.null then
+    if type(value.method) ~= "string" or value.method == "" then
+      return nil, "method must be a non-empty string such as \"GET\""
+    end
+    script.method = value.method:upper()
+  end
+  local path, pattern = value.path, value.path_pattern
+  if path ~= nil and path ~= cjson.null then
+    if type(path) ~= "string" or path:sub(1, 1) ~= "/" then
+      return nil, "path must be a raw request path starting with /, without a query"
+    end
+    script.path = path
+  elseif pattern ~= nil and pattern ~= cjson.null then
+    if type(pattern) ~= "string" or pattern == "" then
+      return nil, "path_pattern must be a non-empty Lua pattern"
+    end
+    local ok, err = pcall(string.find, "/", pattern)
+    if not ok then
+      return nil, string.format("path_pattern %s is not a valid Lua pattern: %s",
+        quote(pattern), tostring(err))
+    end
+    script.path_pattern = pattern
+  else
+    return nil, "give either path or path_pattern"
+  end
+  local responses = value.responses
+  if type(responses) ~= "table" or responses[1] == nil then
+    return nil, "responses must be a non-empty array of response objects"
+  end
+  script.responses = {}
+  for i, entry in ipairs(responses) do
+    local result, err = validate_script_entry(entry, i)
+    if not result then
+      return nil, err
+    end
+    script.responses[i] = result
+  end
+  local repeat_count = value["repeat"]
+  if repeat_count == nil or repeat_count == cjson.null then
+    repeat_count = 1
+  end
+  if not is_integer(repeat_count) or (repeat_count < 1 and repeat_count ~= -1) then
+    return nil, "repeat must be a whole number of at least 1, or -1 to repeat until POST /_mock/reset"
+  end
+  script.repeat_count = math.floor(repeat_count)
+  script.next_entry = 1
+  return script
+end
+
+---------------------------------------------------------------------------
+-- Routing
+---------------------------------------------------------------------------
+
+-- Marks a path segment that matches any value and becomes a route parameter.
+local PARAM = {}
+
+local API_ROUTES = {
+  { segments = { "api", "public", "files" }, methods = { POST = "upload_file" } },
+  { segments = { "api", "public", "workflows", "import" }, methods = { POST = "import_new_workflow" } },
+  { segments = { "api", "public", "workflows", PARAM, "import" }, methods = { POST = "import_workflow" } },
+  { segments = { "api", "public", "dock-status", PARAM }, methods = { GET = "get_dock_status" } },
+}
+
+local CONTROL_ROUTES = {
+  { segments = { "_mock", "requests" }, methods = { GET = "control_requests" } },
+  { segments = { "_mock", "reset" }, methods = { POST = "control_reset" } },
+  { segments = { "_mock", "script" }, methods = { POST = "control_script" } },
+  { segments = { "_mock", "workflows" }, methods = { POST = "control_seed_workflow" } },
+  { segments = { "_mock", "workflows", PARAM }, methods = { GET = "control_workflow" } },
+  { segments = { "_mock", "files", PARAM }, methods = { GET = "control_file" } },
+  { segments = { "_mock", "shutdown" }, methods = { POST = "control_shutdown" } },
+}
+
+local function match_route(routes, segments)
+  for _, route in ipairs(routes) do
+    if #route.segments == #segments then
+      local params = {}
+      local matched = true
+      for i, expected in ipairs(route.segments) do
+        if expected == PARAM then
+          params[#params + 1] = segments[i]
+        elseif expected ~= segments[i] then
+          matched = false
+          break
+        end
+      end
+      if matched then
+        return route, params
+      end
+    end
+  end
+  return nil
+end
+
+-- Finds the route and handler method name for a request, or returns an
+-- error response for an invalid path, unknown route or wrong method.
+local function route_request(routes, request)
+  local segments, err = split_path(request.path)
+  if not segments then
+    return nil, nil, bad_request(err)
+  end
+  local route, params = match_route(routes, segments)
+  if not route then
+    return nil, nil, not_found(string.format("no route for %s %s", request.method, quote(request.path)))
+  end
+  local handler = route.methods[request.method]
+  if not handler then
+    local allowed = {}
+    for method in pairs(route.methods) do
+      allowed[#allowed + 1] = method
+    end
+    table.sort(allowed)
+    local allow = table.concat(allowed, ", ")
+    return nil, nil, error_response(405, "METHOD_NOT_ALLOWED",
+      string.format("method %s is not allowed on %s: use %s", request.method, quote(request.path), allow),
+      { Allow = allow })
+  end
+  return handler, params
+end
+
+function Server:handle_api(request, record)
+  if not record.key_ok then
+    if not request.headers["x-api-key"] then
+      return error_response(401, "UNAUTHORIZED",
+        "missing x-api-key header: send the API key in the x-api-key header")
+    end
+    return error_response(401, "UNAUTHORIZED", "invalid API key in the x-api-key header")
+  end
+  local handler, params, failure = route_request(API_ROUTES, request)
+  if not handler then
+    return failure
+  end
+  return self[handler](self, request, params, record)
+end
+
+function Server:handle_control(request)
+  local handler, params, failure = route_request(CONTROL_ROUTES, request)
+  if not handler then
+    return failure
+  end
+  return self[handler](self, request, params)
+end
+
+---------------------------------------------------------------------------
+-- API handlers
+---------------------------------------------------------------------------
+
+-- Decodes a request body that must be a JSON object. Returns the table, or
+-- nil and an error response.
+local function json_object_body(request)
+  local body = request.body
+  if body:find("^%s*$") then
+    return nil, bad_request("the request body is empty: send a JSON object")
+  end
+  local value, err = json_decode(body)
+  if value == nil then
+    return nil, bad_request("the request body is not valid JSON: " .. err)
+  end
+  if type(value) ~= "table" or not body:find("^%s*{") then
+    return nil, bad_request("the request body must be a JSON object")
+  end
+  return value
+end
+
+function Server:new_file_id()
+  while true do
+    local id = to_hex(random_bytes(12))
+    if not self.files[id] then
+      return id
+    end
+  end
+end
+
+function Server:upload_file(request, _, record)
+  if not request.parts then
+    local message = request.multipart_error
+    if not message then
+      local _, err = multipart_boundary(request.headers["content-type"])
+      message = err
+    end
+    return bad_request(message)
+  end
+  local file_part, file_index, context_part
+  for i, part in ipairs(request.parts) do
+    if part.name == "file" and not file_part then
+      file_part, file_index = part, i
+    elseif part.name == "fileContext" and not context_part then
+      context_part = part
+    end
+  end
+  if not file_part then
+    return bad_request(
+      "missing multipart field \"file\": send the file content in a part named file, with a filename")
+  end
+  if not file_part.filename then
+    return bad_request("multipart field \"file\" has no filename in its Content-Disposition header")
+  end
+  if not context_part then
+    return bad_request("missing multipart field \"fileContext\": send it with a value such as bulkImport")
+  end
+  if context_part.content == "" then
+    return bad_request("multipart field \"fileContext\" is empty: send a value such as bulkImport")
+  end
+  local id = self:new_file_id()
+  local signature = to_hex(random_bytes(16))
+  local expires = math.floor(os.time() + self.file_url_ttl)
+  self.files[id] = {
+    id = id,
+    content = file_part.content,
+    filename = file_part.filename,
+    content_type = file_part.content_type,
+    context = context_part.content,
+    signature = signature,
+    expires = expires,
+  }
+  record.parts[file_index].file_id = id
+  local url = string.format("%s/_mock/files/%s?expires=%d&signature=%s", self:url(), id, expires, signature)
+  return json_response(200, { url = url, fileId = id })
+end
+
+-- Looks up the uploaded file named by a field of an import body. Returns
+-- the file (nil for an absent optional field), or nil and an error response.
+function Server:file_for_field(body, field, required)
+  local value = body[field]
+  if value == nil or value == cjson.null then
+    if required then
+      return nil, bad_request(string.format(
+        "missing field %s: give the fileId returned by POST /api/public/files", field))
+    end
+    return nil
+  end
+  if type(value) ~= "string" then
+    return nil, bad_request(string.format("field %s must be a string file id, got %s %s", field,
+      type(value) == "table" and "a JSON array or object" or ("the " .. type(value)), json_encode(value)))
+  end
+  local file = self.files[value]
+  if not file then
+    return nil, bad_request(string.format("file id %s given in %s was not found: upload the file first",
+      quote(value), field))
+  end
+  return file
+end
+
+function Server:start_import_job(workflow, files)
+  local job = {
+    id = "ds-" .. new_uuid(),
+    workflow = workflow,
+    status = "IN_PROGRESS",
+    polls_left = self.polls,
+    files = files,
+  }
+  self.jobs[job.id] = job
+  local record = {
+    workflowId = workflow.id,
+    jobType = "WORKFLOWS",
+    action = "IMPORT",
+    status = "IN_PROGRESS",
+  }
+  record[self.id_field] = job.id
+  return json_response(200, record)
+end
+
+function Server:import_workflow(request, params)
+  local workflow_id = params[1]
+  local workflow = self.workflows[workflow_id]
+  if not workflow then
+    return not_found(string.format("workflow %s not found", quote(workflow_id)))
+  end
+  local body, failure = json_object_body(request)
+  if not body then
+    return failure
+  end
+  local files = {}
+  for _, field in ipairs(IMPORT_FIELDS) do
+    local file, err = self:file_for_field(body, field, true)
+    if not file then
+      return err
+    end
+    files[field] = file
+  end
+  return self:start_import_job(workflow, files)
+end
+
+function Server:import_new_workflow(request)
+  local body, failure = json_object_body(request)
+  if not body then
+    return failure
+  end
+  local name = body.workflowName
+  if name == nil or name == cjson.null then
+    return bad_request("missing field workflowName: give a name that no other workflow has")
+  end
+  if type(name) ~= "string" or trim(name) == "" then
+    return bad_request("field workflowName must be a non-empty string")
+  end
+  for _, workflow in pairs(self.workflows) do
+    if workflow.name == name then
+      return error_response(409, "CONFLICT", string.format("a workflow named %s already exists (%s)",
+        quote(name), workflow.id))
+    end
+  end
+  local files = {}
+  for _, field in ipairs(IMPORT_FIELDS) do
+    local file, err = self:file_for_field(body, field, field ~= "envVariablesFileId")
+    if err then
+      return err
+    end
+    files[field] = file
+  end
+  -- The workflow exists from this request on, so that its name is taken at
+  -- once; its definitions are stored only when the job succeeds.
+  local workflow = { id = "a-" .. new_uuid(), name = name, history = 0 }
+  self.workflows[workflow.id] = workflow
+  return self:start_import_job(workflow, files)
+end
+
+-- Ends a job: FAILED when one of its files is not valid JSON, otherwise
+-- SUCCESS with the files stored as the workflow's current version.
+function Server.finish_job(_, job)
+  for _, field in ipairs(IMPORT_FIELDS) do
+    local file = job.files[field]
+    if file then
+      local value, err = json_decode(file.content)
+      if value == nil then
+        job.status = "FAILED"
+        job.message = string.format("file %s (%s) given as %s is not valid JSON: %s",
+          file.id, quote(file.filename or ""), field, err)
+        return
+      end
+    end
+  end
+  local workflow = job.workflow
+  if workflow.current then
+    workflow.history = workflow.history + 1
+  end
+  local current = { file_ids = {} }
+  for _, field in ipairs(IMPORT_FIELDS) do
+    local file = job.files[field]
+    if file then
+      current[DEFINITION_NAMES[field]] = file.content
+      current.file_ids[field] = file.id
+    end
+  end
+  workflow.current = current
+  job.status = "SUCCESS"
+end
+
+function Server:get_dock_status(_, params)
+  local job = self.jobs[params[1]]
+  if not job then
+    return not_found(string.format("dock status %s not found", quote(params[1])))
+  end
+  if job.status == "IN_PROGRESS" then
+    if job.polls_left > 0 then
+      job.polls_left = job.polls_left - 1
+    else
+      self:finish_job(job)
+    end
+  end
+  return json_response(200, {
+    _id = job.id,
+    workflowId = job.workflow.id,
+    jobType = "WORKFLOWS",
+    action = "IMPORT",
+    status = job.status,
+    message = job.message,
+  })
+end
+
+---------------------------------------------------------------------------
+-- Control handlers
+---------------------------------------------------------------------------
+
+function Server:control_requests()
+  local records = json_array()
+  for i, record in ipairs(self.request_log) do
+    records[i] = record
+  end
+  return json_response(200, records)
+end
+
+function Server:control_reset()
+  local cleared_requests = #self.request_log
+  local cleared_scripts = #self.scripts
+  self.request_log = {}
+  self.scripts = {}
+  return json_response(200, { cleared_requests = cleared_requests, cleared_scripts = cleared_scripts })
+end
+
+function Server:control_script(request)
+  local value, err = json_decode(request.body)
+  if value == nil then
+    return bad_request("the script is not valid JSON: " .. tostring(err))
+  end
+  local script, message = validate_script(value)
+  if not script then
+    return bad_request(message)
+  end
+  script.id = self.next_script_id
+  self.next_script_id = self.next_script_id + 1
+  self.scripts[#self.scripts + 1] = script
+  return json_response(200, {
+    id = script.id,
+    responses = #script.responses,
+    ["repeat"] = script.repeat_count,
+  })
+end
+
+function Server:control_seed_workflow(request)
+  local body, failure = json_object_body(request)
+  if not body then
+    return failure
+  end
+  local id = body.id
+  if type(id) ~= "string" or id == "" then
+    return bad_request("field id must be a non-empty workflow id string")
+  end
+  if body.name ~= nil and body.name ~= cjson.null and type(body.name) ~= "string" then
+    return bad_request("field name must be a string")
+  end
+  if self.workflows[id] then
+    return json_response(200, { id = id, created = false })
+  end
+  self.workflows[id] = { id = id, history = 0, name = type(body.name) == "string" and body.name or nil }
+  return json_response(201, { id = id, created = true })
+end
+
+function Server:control_workflow(_, params)
+  local workflow = self.workflows[params[1]]
+  if not workflow then
+    return not_found(string.format("workflow %s not found", quote(params[1])))
+  end
+  local current = workflow.current or {}
+  return json_response(200, {
+    id = workflow.id,
+    name = workflow.name,
+    imported = workflow.current ~= nil,
+    workflowData = current.workflowData,
+    flowData = current.flowData,
+    envVariables = current.envVariables,
+    fileIds = current.file_ids,
+    history = workflow.history,
+  })
+end
+
+function Server:control_file(request, params)
+  local file = self.files[params[1]]
+  if not file then
+    return not_found(string.format("file %s not found", quote(params[1])))
+  end
+  local query = parse_query(request.query or "")
+  if query.signature ~= file.signature then
+    return error_response(403, "FORBIDDEN",
+      "missing or invalid signature: use the url returned by the upload")
+  end
+  if tonumber(query.expires) ~= file.expires or os.time() > file.expires then
+    return error_response(403, "FORBIDDEN",
+      "the signed file URL has expired or its expires value was changed")
+  end
+  local disposition = nil
+  if file.filename then
+    disposition = "attachment; filename=" .. quote((file.filename:gsub("[\r\n]", "")))
+  end
+  return {
+    status = 200,
+    body = file.content,
+    content_type = file.content_type or "application/octet-stream",
+    headers = { ["Content-Disposition"] = disposition },
+  }
+end
+
+function Server.control_shutdown(_)
+  local response = json_response(200, { stopping = true })
+  response.close = true
+  response.stop_after_send = "shutdown"
+  return response
+end
+
+mock.DEFAULT_WORKFLOW_ID = DEFAULT_WORKFLOW_ID
+mock.Server = Server
+
+return mock
