@@ -1,9 +1,5 @@
 #include "kw_compat.h"
 
-#ifdef KW_LUAJIT
-#include <luajit.h>
-#endif
-
 #if LUA_VERSION_NUM < 502
 void kw_setfuncs(lua_State *L, const luaL_Reg *l, int nup)
 {
@@ -29,13 +25,21 @@ void kw_pushinteger(lua_State *L, long long n)
 #endif
 }
 
+/*
+ * LuaJIT is told apart at run time by its "jit" table, so one build of the
+ * module reports the right interpreter whichever one loaded it.
+ */
 const char *kw_lua_version(lua_State *L)
 {
-#ifdef KW_LUAJIT
-  (void)L;
-  return LUAJIT_VERSION;
-#else
-  (void)L;
-  return LUA_VERSION;
-#endif
+  const char *version = LUA_VERSION;
+
+  lua_getglobal(L, "jit");
+  if (lua_type(L, -1) == LUA_TTABLE) {
+    lua_getfield(L, -1, "version");
+    if (lua_type(L, -1) == LUA_TSTRING)
+      version = lua_pushstring(L, lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return version;
 }

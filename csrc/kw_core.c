@@ -391,6 +391,29 @@ static int core_sleep(lua_State *L)
   return 0;
 }
 
+/*
+ * core.random(): a number in [0, 1) for retry jitter. It is seeded per
+ * process from the clock and the process id, so clients started together
+ * draw different delays, and it leaves math.random's state alone.
+ */
+static int core_random(lua_State *L)
+{
+  static unsigned long long state = 0;
+
+  if (state == 0) {
+    struct timespec now;
+
+    clock_gettime(CLOCK_REALTIME, &now);
+    state = ((unsigned long long)now.tv_nsec << 20) ^ (unsigned long long)now.tv_sec ^
+            ((unsigned long long)getpid() << 40) ^ 0x9e3779b97f4a7c15ULL;
+  }
+  state ^= state >> 12;
+  state ^= state << 25;
+  state ^= state >> 27;
+  lua_pushnumber(L, (lua_Number)((state * 0x2545f4914f6cdd1dULL) >> 11) / 9007199254740992.0);
+  return 1;
+}
+
 /* core.isatty(fd): true when the descriptor is a terminal, for progress display. */
 static int core_isatty(lua_State *L)
 {
@@ -431,6 +454,7 @@ int luaopen_kore_workflow_core(lua_State *L)
     { "monotonic", core_monotonic },
     { "sleep", core_sleep },
     { "isatty", core_isatty },
+    { "random", core_random },
     { NULL, NULL }
   };
   static int curl_ready = 0;

@@ -116,7 +116,7 @@ function Client:wait(dock_status_id, options)
     on_progress = options.on_progress,
     sleep = options.sleep or core.sleep,
     clock = options.clock or core.monotonic,
-    random = options.random,
+    random = options.random or core.random,
     label = options.label,
   }
 end

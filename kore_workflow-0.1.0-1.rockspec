@@ -1,0 +1,45 @@
+rockspec_format = "3.0"
+package = "kore_workflow"
+version = "0.1.0-1"
+source = {
+  url = "git+file:///dev/null",
+}
+description = {
+  summary = "Client for the Kore.ai AI for Process workflow management API",
+  detailed = [[
+Imports workflow definition files, follows import jobs to their end and
+reports failures precisely. A C core on libcurl performs the HTTP calls;
+a pure-Lua layer adds waiting, a command-line tool and a local emulator.
+]],
+  license = "MIT",
+}
+dependencies = {
+  "lua >= 5.1, < 5.5",
+  "lua-cjson",
+  "luasocket",
+}
+external_dependencies = {
+  CURL = { header = "curl/curl.h", library = "curl" },
+}
+build = {
+  type = "builtin",
+  modules = {
+    ["kore_workflow.core"] = {
+      sources = {
+        "csrc/kw_compat.c", "csrc/kw_core.c", "csrc/kw_endpoint.c", "csrc/kw_error.c",
+        "csrc/kw_json.c", "csrc/kw_request.c", "csrc/kw_result.c",
+      },
+      libraries = { "curl", "m" },
+      incdirs = { "$(CURL_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)" },
+    },
+    ["kore_workflow"] = "lua/kore_workflow/init.lua",
+    ["kore_workflow.waiter"] = "lua/kore_workflow/waiter.lua",
+    ["kore_workflow.cli"] = "lua/kore_workflow/cli.lua",
+    ["kore_workflow.mock"] = "lua/kore_workflow/mock.lua",
+    ["kore_workflow.mock_cli"] = "lua/kore_workflow/mock_cli.lua",
+  },
+  install = {
+    bin = { ["kore-workflow"] = "bin/kore-workflow.lua" },
+  },
+}
