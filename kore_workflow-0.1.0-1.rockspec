@@ -18,9 +18,9 @@ dependencies = {
   "lua-cjson",
   "luasocket",
 }
-external_dependencies = {
-  CURL = { header = "curl/curl.h", library = "curl" },
-}
+-- libcurl's headers and library are found by the compiler's default search
+-- paths, which include Debian's multiarch directories that LuaRocks' own
+-- external dependency check does not search for headers.
 build = {
   type = "builtin",
   modules = {
@@ -30,8 +30,6 @@ build = {
         "csrc/kw_json.c", "csrc/kw_request.c", "csrc/kw_result.c",
       },
       libraries = { "curl", "m" },
-      incdirs = { "$(CURL_INCDIR)" },
-      libdirs = { "$(CURL_LIBDIR)" },
     },
     ["kore_workflow"] = "lua/kore_workflow/init.lua",
     ["kore_workflow.waiter"] = "lua/kore_workflow/waiter.lua",

@@ -336,9 +336,14 @@ describe("client", function()
       assert.equal("SUCCESS", final.status)
       assert.same({ "check", "upload", "upload", "upload", "import", "wait" }, steps)
       local stored = emu:workflow(WORKFLOW_ID)
+      local stored_name = {
+        workflowDataFileId = "workflowData",
+        flowDataFileId = "flowData",
+        envVariablesFileId = "envVariables",
+      }
       for _, def in ipairs(kw.definition_files) do
         assert.equal(fixtures.read_file(fixtures.EXAMPLE_DIR .. "/" .. def.file),
-          stored[def.file])
+          stored[stored_name[def.field]])
       end
     end)
 
