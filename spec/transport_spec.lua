@@ -1,0 +1,134 @@
+-- Transport behaviour of the C core: redirects, response caps, the JSON
+-- codec's isolation from the host, and connection reuse.
+local kw = require "kore_workflow"
+local emulator = require "support.emulator"
+local fixtures = require "support.fixtures"
+
+local KEY = fixtures.TEST_KEY
+
+describe("transport", function()
+  local emu, client
+
+  setup(function()
+    emu = emulator.start { api_key = KEY }
+    client = kw.client { host = emu.url, api_key = KEY }
+  end)
+
+  teardown(function()
+    emu:stop()
+  end)
+
+  before_each(function()
+    emu:reset()
+  end)
+
+  it("reports a redirect without following it", function()
+    local other = emulator.start { api_key = KEY }
+    emu:script { method = "GET", path = "/api/public/dock-status/ds-moved", responses = {
+      { status = 302, headers = { Location = other.url .. "/api/public/dock-status/ds-moved?sig=s3cret" },
+        body = "" } } }
+    local status, err = client.workflow.status("ds-moved")
+    local other_requests = other:requests()
+    other:stop()
+    assert.is_nil(status)
+    assert.equal("redirect", err.kind)
+    assert.equal(302, err.status)
+    assert.matches(other.url .. "/api/public/dock-status/ds-moved", err.message, 1, true)
+    assert.is_nil(err.message:find("s3cret", 1, true))
+    assert.equal(0, #other_requests)
+  end)
+
+  it("sends a redirected import exactly once", function()
+    emu:script { method = "POST", path = "/api/public/workflows/a-x/import", responses = {
+      { status = 307, headers = { Location = "http://127.0.0.1:9/elsewhere" }, body = "" } } }
+    local job, err = client.workflow.import("a-x", {
+      workflowDataFileId = "a", flowDataFileId = "b", envVariablesFileId = "c" })
+    assert.is_nil(job)
+    assert.equal("redirect", err.kind)
+    local requests = emu:requests()
+    assert.equal(1, #requests)
+    assert.equal("POST", requests[1].method)
+  end)
+
+  it("cuts a response off at max_response", function()
+    emu:script { method = "GET", path = "/api/public/dock-status/ds-big", responses = {
+      { status = 200, headers = { ["Content-Type"] = "application/json" },
+        body = '{"_id":"ds-big","status":"SUCCESS","pad":"' .. ("x"):rep(5000) .. '"}' } } }
+    local status, err = client.workflow.status("ds-big", { max_response = 1000 })
+    assert.is_nil(status)
+    assert.equal("invalid_response", err.kind)
+    assert.matches("larger than the limit of 1000 bytes", err.message, 1, true)
+  end)
+
+  it("accepts a response within max_response", function()
+    emu:script { method = "GET", path = "/api/public/dock-status/ds-small", responses = {
+      { status = 200, headers = { ["Content-Type"] = "application/json" },
+        body = '{"_id":"ds-small","status":"SUCCESS"}' } } }
+    local status = assert(client.workflow.status("ds-small", { max_response = 1000 }))
+    assert.equal("SUCCESS", status.status)
+  end)
+
+  it("rejects a response that is not valid JSON", function()
+    emu:script { method = "GET", path = "/api/public/dock-status/ds-nan", responses = {
+      { status = 200, headers = { ["Content-Type"] = "application/json" },
+        body = '{"_id":"ds-nan","status":"SUCCESS","percentageComplete":NaN}' } } }
+    local status, err = client.workflow.status("ds-nan")
+    assert.is_nil(status)
+    assert.equal("invalid_response", err.kind)
+    assert.matches("not valid JSON", err.message, 1, true)
+  end)
+
+  it("leaves the host's cjson settings unchanged", function()
+    local cjson = require "cjson"
+    local before_encode = cjson.encode({})
+    local before_nan = pcall(cjson.decode, "[NaN]")
+    assert(client:import_files(fixtures.WORKFLOW_ID, fixtures.EXAMPLE_DIR,
+      { timeout = 30, interval = 0.05, max_interval = 0.2 }))
+    assert.equal(before_encode, cjson.encode({}))
+    assert.equal(before_nan, (pcall(cjson.decode, "[NaN]")))
+  end)
+
+  it("rejects options of the wrong type naming them", function()
+    local ok, message = pcall(client.workflow.status, "ds-1", { timeout = "10" })
+    assert.is_false(ok)
+    assert.matches("timeout", message, 1, true)
+    ok, message = pcall(client.workflow.status, "ds-1", { timeout = -1 })
+    assert.is_false(ok)
+    assert.matches("timeout", message, 1, true)
+    ok, message = pcall(client.workflow.status, "ds-1", { timeout = 0 / 0 })
+    assert.is_false(ok)
+    assert.matches("timeout", message, 1, true)
+    assert.equal(0, #emu:requests())
+  end)
+
+  it("refuses a connection it cannot make with a network error", function()
+    local socket = require "socket"
+    local listener = assert(socket.bind("127.0.0.1", 0))
+    local _, port = listener:getsockname()
+    listener:close()
+    local closed = kw.client { host = "http://127.0.0.1:" .. port, api_key = KEY }
+    local status, err = closed.workflow.status("ds-1")
+    assert.is_nil(status)
+    assert.equal("network", err.kind)
+    assert.is_true(err.retryable)
+    assert.matches("cannot connect", err.message, 1, true)
+  end)
+
+  it("rejects host URLs that are not a bare http or https origin", function()
+    for _, host in ipairs { "ftp://example.ai", "https://user:pw@example.ai",
+                            "https://example.ai/api", "https://example.ai/?a=1", "not a url" } do
+      local ok, message = pcall(kw.client, { host = host, api_key = KEY })
+      assert.is_false(ok, host)
+      assert.matches("host", message, 1, true)
+      assert.is_nil(message:find("pw", 1, true))
+    end
+  end)
+
+  it("raises for a ca_file that does not exist", function()
+    local ok, message = pcall(kw.client, { host = "https://localhost:1", api_key = KEY,
+                                           ca_file = "/nonexistent/ca.pem" })
+    assert.is_false(ok)
+    assert.matches("/nonexistent/ca.pem", message, 1, true)
+    assert.matches("PEM file", message, 1, true)
+  end)
+end)
