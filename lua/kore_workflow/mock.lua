@@ -313,8 +313,9 @@ local function multipart_boundary(content_type)
 end
 
 -- Finds the next delimiter line at or after `init` in data. A delimiter is
--- CRLF, "--", the boundary, then either "--" (the close delimiter) or
--- optional spaces and tabs followed by CRLF. The same bytes followed by
+-- CRLF, "--" and the boundary, then optional spaces and tabs and a CRLF.
+-- The close delimiter has "--" after the boundary, then optional spaces
+-- and tabs and a CRLF or the end of the body. The same bytes followed by
 -- anything else are content, not a delimiter.
 -- Returns the index where the delimiter's CRLF starts, the index just after
 -- the delimiter line, and whether it is the close delimiter.
@@ -327,7 +328,8 @@ local function find_delimiter(data, boundary, init)
       return nil
     end
     local after = stop + 1
-    if data:sub(after, after + 1) == "--" then
+    if data:sub(after, after + 1) == "--"
+      and (data:find("^[ \t]*\r\n", after + 2) or data:find("^[ \t]*$", after + 2)) then
       return start, after + 2, true
     end
     local _, line_end = data:find("^[ \t]*\r\n", after)
