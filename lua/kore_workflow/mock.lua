@@ -40,11 +40,13 @@ local REASON_PHRASES = {
   [504] = "Gateway Timeout", [505] = "HTTP Version Not Supported",
 }
 
--- Error codes for requests whose framing is rejected before routing.
-local FRAMING_ERROR_CODES = {
+-- Error codes for requests rejected before routing, by HTTP status; other
+-- statuses get BAD_REQUEST.
+local PROTOCOL_ERROR_CODES = {
   [413] = "PAYLOAD_TOO_LARGE",
   [417] = "EXPECTATION_FAILED",
   [501] = "NOT_IMPLEMENTED",
+  [505] = "HTTP_VERSION_NOT_SUPPORTED",
 }
 
 local MAX_HEAD_BYTES = 65536
@@ -1068,7 +1070,7 @@ function Server:serve_request(conn)
   local request, status, message = parse_request_head(head)
   if not request then
     self:log(string.format("rejected a request: %s", message), "error")
-    self:send_response(conn, nil, error_response(status, "BAD_REQUEST", message))
+    self:send_response(conn, nil, error_response(status, PROTOCOL_ERROR_CODES[status] or "BAD_REQUEST", message))
     return false
   end
   local is_control = request.path == "/_mock" or request.path:sub(1, 7) == "/_mock/"
@@ -1087,7 +1089,7 @@ function Server:serve_request(conn)
     end
   end
   if not body then
-    local response = error_response(status, FRAMING_ERROR_CODES[status] or "BAD_REQUEST", framing_error)
+    local response = error_response(status, PROTOCOL_ERROR_CODES[status] or "BAD_REQUEST", framing_error)
     response.close = true
     if record then
       record.response_status = status
