@@ -50,6 +50,27 @@ describe("transport", function()
     assert.equal("POST", requests[1].method)
   end)
 
+  it("reuses one connection for successive calls", function()
+    for i = 1, 5 do
+      client.workflow.status("ds-" .. i)
+    end
+    local requests = emu:requests()
+    assert.equal(5, #requests)
+    for i = 2, 5 do
+      assert.equal(requests[1].connection, requests[i].connection)
+    end
+  end)
+
+  it("opens a new connection for every import", function()
+    local fields = { workflowDataFileId = "a", flowDataFileId = "b", envVariablesFileId = "c" }
+    client.workflow.status("ds-1")
+    client.workflow.import("a-x", fields)
+    client.workflow.import("a-x", fields)
+    local requests = emu:requests()
+    assert.are_not.equal(requests[1].connection, requests[2].connection)
+    assert.are_not.equal(requests[2].connection, requests[3].connection)
+  end)
+
   it("cuts a response off at max_response", function()
     emu:script { method = "GET", path = "/api/public/dock-status/ds-big", responses = {
       { status = 200, headers = { ["Content-Type"] = "application/json" },

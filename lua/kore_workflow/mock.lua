@@ -453,7 +453,9 @@ local Connection = {}
 Connection.__index = Connection
 
 local function new_connection(server, sock)
-  return setmetatable({ server = server, sock = sock, buffer = "" }, Connection)
+  server.connection_count = (server.connection_count or 0) + 1
+  return setmetatable({ server = server, sock = sock, buffer = "",
+                        number = server.connection_count }, Connection)
 end
 
 -- Returns a non-empty string of at most max_bytes, waiting up to timeout
@@ -1084,6 +1086,7 @@ function Server:serve_request(conn)
   local record
   if not is_control then
     record = self:record_request(request)
+    record.connection = conn.number
     if framing_error then
       record.error = framing_error
     end
@@ -1208,6 +1211,7 @@ end
 
 -- Appends a request to the request log. The record contains the decoded JSON
 -- body or multipart part summaries, with secret header values replaced by "***".
+-- The caller adds `connection`, the number of the TCP connection it came on.
 function Server:record_request(request)
   local headers = {}
   for name, value in pairs(request.headers) do
