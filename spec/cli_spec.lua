@@ -645,7 +645,7 @@ describe("kore-workflow", function()
 
   describe("help", function()
     local common = { "--host", "--api-key-file", "--ca-file", "--json", "--help",
-                     "KORE_HOST", "KORE_API_KEY", "KORE_WORKFLOW_DEBUG" }
+                     "KORE_HOST", "KORE_API_KEY", "KORE_WORKFLOW_DEBUG", "KORE_WORKFLOW_LUA" }
     local cases = {
       { args = { "--help" }, words = { "import", "status", "upload", "mock", "--version" } },
       { args = { "-h" }, words = { "import", "status", "upload", "mock" } },
@@ -678,9 +678,17 @@ describe("kore-workflow", function()
     end
 
     it("passes mock --help to the emulator", function()
-      local result = run_cli(nil, { "mock", "--help" })
-      assert.are.equal(0, result.code, result.stderr)
-      assert.is_truthy(contains(result.stdout, "--polls"), result.stdout)
+      for _, args in ipairs({ { "mock", "--help" }, { "help", "mock" } }) do
+        local result = run_cli(nil, args)
+        assert.are.equal(0, result.code, result.stderr)
+        assert.is_truthy(contains(result.stdout, "--polls"), result.stdout)
+      end
+    end)
+
+    it("returns the emulator's exit status", function()
+      local result = run_cli(nil, { "mock", "--no-such-option" })
+      assert.are.equal(2, result.code, result.stderr)
+      assert.is_truthy(contains(result.stderr, "--no-such-option"), result.stderr)
     end)
   end)
 
@@ -701,6 +709,45 @@ describe("kore-workflow", function()
         assert.is_truthy(contains(result.stderr, "HTTP 404"), result.stderr)
       end
       os.execute("rm -rf " .. shell_quote(dir))
+    end)
+  end)
+
+  describe("internal error", function()
+    -- A copy of the launcher and the Lua modules without build/, so that
+    -- loading the C core fails.
+    local function copy_without_core()
+      local dir = fixtures.temp_dir()
+      local copy = ("cp -R %s %s %s"):format(shell_quote(ROOT .. "/bin"), shell_quote(ROOT .. "/lua"), shell_quote(dir))
+      assert.are.equal(0, exit_status(os.execute(copy)))
+      return dir
+    end
+
+    it("exits 3 without a traceback", function()
+      local dir = copy_without_core()
+      local result = run_cli(emu, { "status", "ds-1" }, { launcher = dir .. "/bin/kore-workflow" })
+      assert.are.equal(3, result.code, result.stderr)
+      assert.is_truthy(contains(result.stderr, "cannot load the kore_workflow library"), result.stderr)
+      assert.is_truthy(contains(result.stderr, "cmake"), result.stderr)
+      assert.is_nil(result.stderr:find("stack traceback", 1, true))
+      assert.are.same({}, api_requests(emu))
+
+      local debug = run_cli(emu, { "status", "ds-1" }, {
+        launcher = dir .. "/bin/kore-workflow",
+        env = { KORE_WORKFLOW_DEBUG = "1" },
+      })
+      assert.are.equal(3, debug.code, debug.stderr)
+      assert.is_truthy(contains(debug.stderr, "stack traceback"), debug.stderr)
+      os.execute("rm -rf " .. shell_quote(dir))
+    end)
+
+    it("reports an internal error as JSON", function()
+      local dir = copy_without_core()
+      local result = run_cli(emu, { "status", "ds-1", "--json" }, { launcher = dir .. "/bin/kore-workflow" })
+      os.execute("rm -rf " .. shell_quote(dir))
+      assert.are.equal(3, result.code, result.stderr)
+      local value = decode_json(result)
+      assert.are.equal(false, value.ok)
+      assert.are.equal("internal", value.error.kind)
     end)
   end)
 

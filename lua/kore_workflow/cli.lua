@@ -1071,6 +1071,8 @@ local function dispatch(ctx, tokens)
     local topic = rest[1]
     if topic == nil then
       ctx:out(tool_help())
+    elseif topic == "mock" then
+      return run_mock(ctx, { "--help" })
     elseif COMMANDS[topic] then
       ctx:out(command_help(topic))
     else
@@ -1174,7 +1176,8 @@ function M.run(argv, io_table)
   end, function(value)
     failure = { value = value }
     if not is_usage_error(value) then
-      failure.traceback = debug.traceback(tostring(value), 2)
+      local message = type(value) == "table" and value.message or value
+      failure.traceback = debug.traceback(tostring(message), 2)
     end
     return value
   end)
