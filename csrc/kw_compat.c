@@ -37,7 +37,7 @@ const char *kw_lua_version(lua_State *L)
   if (lua_type(L, -1) == LUA_TTABLE) {
     lua_getfield(L, -1, "version");
     if (lua_type(L, -1) == LUA_TSTRING)
-      version = lua_pushstring(L, lua_tostring(L, -1));
+      version = lua_tostring(L, -1);
     lua_pop(L, 1);
   }
   lua_pop(L, 1);

@@ -387,6 +387,15 @@ describe("client", function()
       assert.equal(0, request_count(emu))
     end)
 
+    for _, id in ipairs { "", ".", "..", ("a"):rep(1025) } do
+      it("rejects workflow id of " .. #id .. " bytes before uploading", function()
+        local ok, message = pcall(client.import_files, client, id, fixtures.EXAMPLE_DIR)
+        assert.is_false(ok)
+        assert.matches("workflow id", message, 1, true)
+        assert.equal(0, request_count(emu))
+      end)
+    end
+
     it("raises on a table missing a path", function()
       local ok, message = pcall(client.import_files, client, WORKFLOW_ID, {
         workflow_data = "a.json", flow_data = "b.json" })

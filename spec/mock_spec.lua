@@ -749,6 +749,9 @@ describe("mock emulator process", function()
     local emu = emulator.start({ api_key = KEY, idle_exit = 0.5 })
     local host, port = parse_url(emu.url)
     local refused = false
+    -- A probe connection counts as activity, so the first probe comes after
+    -- the idle limit has passed.
+    socket.sleep(1.5)
     for _ = 1, 50 do
       local sock = socket.tcp()
       sock:settimeout(1)

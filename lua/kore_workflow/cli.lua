@@ -785,7 +785,9 @@ local function report_error(ctx, err)
     if err.kind == "job_failed" and job then
       ctx:out(format_fields(job, JOB_FIELDS))
     end
-    ctx:err(PROGRAM .. ": " .. printable(tostring(err), true) .. "\n")
+    -- tostring(err) starts with the library's own "kore_workflow: " prefix.
+    local line = tostring(err):gsub("^kore_workflow: ", "")
+    ctx:err(PROGRAM .. ": " .. printable(line, true) .. "\n")
   end
   return EXIT_BY_KIND[err.kind] or EXIT_API
 end

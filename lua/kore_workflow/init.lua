@@ -193,6 +193,16 @@ function Client:import_files(workflow_id, source, options)
   if type(workflow_id) ~= "string" then
     argument_error(1, "workflow id", fname, "string expected, got " .. type(workflow_id))
   end
+  -- The same rules as the C core's, checked here so that no file is uploaded
+  -- for an import that cannot be sent.
+  if workflow_id == "" then
+    argument_error(1, "workflow id", fname, "must not be empty")
+  elseif workflow_id == "." or workflow_id == ".." then
+    argument_error(1, "workflow id", fname, ("'%s' is not a valid id because it is a "
+      .. "relative path segment"):format(workflow_id))
+  elseif #workflow_id > 1024 then
+    argument_error(1, "workflow id", fname, "longer than 1024 bytes")
+  end
   if options ~= nil and type(options) ~= "table" then
     argument_error(3, "options", fname, "table expected, got " .. type(options))
   end
