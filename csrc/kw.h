@@ -66,7 +66,7 @@ typedef struct kw_endpoint {
   const char *path_prefix;      /* path before the id, or the whole path */
   const char *path_suffix;      /* path after the id, NULL when there is no id */
   const char *id_label;         /* noun for the id in messages */
-  const char *action;           /* noun phrase for messages: "import of workflow" */
+  const char *action;           /* noun phrase for messages: "import into workflow" */
   kw_body_kind body;
   const char *const *required;  /* JSON body fields that must be strings */
   const char *const *optional;  /* JSON body fields that may be strings */

@@ -26,7 +26,7 @@ void kw_pushinteger(lua_State *L, long long n)
 }
 
 /*
- * LuaJIT is told apart at run time by its "jit" table, so one build of the
+ * LuaJIT is detected at run time by its "jit" table, so one build of the
  * module reports the right interpreter whichever one loaded it.
  */
 const char *kw_lua_version(lua_State *L)

@@ -1,6 +1,6 @@
 /*
  * Turning a finished transfer into the Lua result of the call: a normalised
- * table, or nil and an error table that says what failed, on which id, and
+ * table, or nil and an error table that names what failed, on which id, and
  * what to do next.
  */
 #include <ctype.h>
@@ -73,7 +73,7 @@ static int is_tls_error(CURLcode code)
 
 static int transfer_failure(lua_State *L, kw_request *req)
 {
-  const char *what = subject(L, req);
+  const char *what = subject(L, req); /* "<action> <id>" */
   const char *detail = curl_detail(L, req);
   int resendable = (req->endpoint->flags & KW_IDEMPOTENT) != 0;
   double seconds = req->limits.timeout_ms / 1000.0;
@@ -94,7 +94,7 @@ static int transfer_failure(lua_State *L, kw_request *req)
                    lua_pushfstring(L, "%s failed: the response is larger than the "
                                    "limit of %d bytes", what,
                                    (int)req->limits.max_response),
-                   "raise the max_response option if such a large answer is expected", 0);
+                   "raise the max_response option if such a large response is expected", 0);
   case CURLE_BAD_CONTENT_ENCODING:
     return failure(L, req, "invalid_response",
                    lua_pushfstring(L, "%s failed: the response body cannot be decoded "
@@ -131,7 +131,7 @@ static int transfer_failure(lua_State *L, kw_request *req)
       ? lua_pushfstring(L, "%s timed out (%s; limit %f s)", what, detail, seconds)
       : lua_pushfstring(L, "%s timed out (%s)", what, detail);
     return failure(L, req, "timeout", message,
-                   "the server did not answer in time; retry, or raise the timeout option", 1);
+                   "the server did not respond in time; retry, or raise the timeout option", 1);
   }
   return failure(L, req, "network",
                  lua_pushfstring(L, "%s failed: %s", what, detail),
@@ -226,7 +226,7 @@ static int status_retryable(const kw_request *req)
 
 static int http_failure(lua_State *L, kw_request *req, int codec_index)
 {
-  const char *what = subject(L, req);
+  const char *what = subject(L, req); /* "<action> <id>" */
   const char *message;
   kw_error_info info;
   int top;
