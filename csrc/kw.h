@@ -88,6 +88,9 @@ typedef struct kw_client {
   long stall_timeout_ms;
   size_t max_response;
   int codec_ref;        /* registry reference to the codec table */
+  int logger_ref;       /* registry reference to the logger, or LUA_NOREF */
+  int verbose;          /* log request and response lines */
+  int insecure;         /* TLS verification off: only through the insecure option */
 } kw_client;
 
 /* Per-call limits, resolved from the client's defaults and the call's options. */
@@ -119,6 +122,7 @@ typedef struct kw_request {
   char *location;
   long long retry_after;  /* seconds, negative when the server sent none */
   int request_sent;       /* the connection was made and sending had begun */
+  kw_buf log;             /* verbose log lines, filled by the debug callback */
   char errbuf[CURL_ERROR_SIZE];
   int performed;
 } kw_request;
@@ -136,6 +140,12 @@ void kw_request_setup_easy(kw_request *req, CURL *easy);
 void kw_request_collect(kw_request *req, CURL *easy, CURLcode code);
 void kw_request_perform(kw_request *req);
 int kw_request_push_result(lua_State *L, kw_request *req, int codec_index);
+
+/* kw_log.c */
+void kw_log_init(kw_request *req);
+int kw_log_on_debug(CURL *easy, curl_infotype type, char *data, size_t size, void *userdata);
+void kw_log_flush(lua_State *L, kw_request *req);
+void kw_log_warning(lua_State *L, const kw_client *client, const char *message);
 
 /* kw_json.c */
 int kw_json_encode(lua_State *L, int codec_index, int value_index);

@@ -57,6 +57,10 @@ static void client_release(lua_State *L, kw_client *client)
     luaL_unref(L, LUA_REGISTRYINDEX, client->codec_ref);
     client->codec_ref = LUA_NOREF;
   }
+  if (client->logger_ref != LUA_NOREF) {
+    luaL_unref(L, LUA_REGISTRYINDEX, client->logger_ref);
+    client->logger_ref = LUA_NOREF;
+  }
 }
 
 static int client_gc(lua_State *L)
@@ -255,6 +259,41 @@ static void set_user_agent(lua_State *L, kw_client *client)
   lua_pop(L, 1);
 }
 
+static int boolean_option(lua_State *L, int opts, const char *name)
+{
+  int value;
+
+  lua_getfield(L, opts, name);
+  if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TBOOLEAN)
+    kw_argerror(L, 1, "kore_workflow.client", name, "boolean expected, got %s",
+                luaL_typename(L, -1));
+  value = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return value;
+}
+
+/* Reads logger, verbose and insecure; an insecure client always logs a warning. */
+static void set_logging(lua_State *L, kw_client *client, int opts)
+{
+  lua_getfield(L, opts, "logger");
+  if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TFUNCTION)
+    kw_argerror(L, 1, "kore_workflow.client", "logger", "function expected, got %s",
+                luaL_typename(L, -1));
+  if (lua_isnil(L, -1))
+    lua_pop(L, 1);
+  else
+    client->logger_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  client->verbose = boolean_option(L, opts, "verbose");
+  client->insecure = boolean_option(L, opts, "insecure");
+  if (client->insecure) {
+    lua_pushfstring(L, "kore_workflow: WARNING: TLS certificate verification is off for %s "
+                    "(insecure = true); anyone on the network path can read the API key. "
+                    "Pass ca_file instead", client->base_url);
+    kw_log_warning(L, client, lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+}
+
 static void check_codec(lua_State *L, int codec)
 {
   luaL_checktype(L, codec, LUA_TTABLE);
@@ -266,6 +305,30 @@ static void check_codec(lua_State *L, int codec)
   lua_pop(L, 2);
 }
 
+static void check_option_names(lua_State *L, int opts)
+{
+  static const char *const names[] = {
+    "host", "api_key", "ca_file", "connect_timeout", "timeout", "stall_timeout",
+    "max_response", "logger", "verbose", "insecure", NULL
+  };
+
+  lua_pushnil(L);
+  while (lua_next(L, opts) != 0) {
+    int i;
+    int known = 0;
+
+    lua_pop(L, 1);
+    for (i = 0; names[i] != NULL && lua_type(L, -1) == LUA_TSTRING; i++)
+      known = known || strcmp(names[i], lua_tostring(L, -1)) == 0;
+    if (!known)
+      kw_argerror(L, 1, "kore_workflow.client", "options",
+                  "unknown option '%s'; the options are host, api_key, ca_file, "
+                  "connect_timeout, timeout, stall_timeout, max_response, logger, verbose "
+                  "and insecure", lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
+                                                                 : luaL_typename(L, -1));
+  }
+}
+
 /* core.new_client(options, codec): returns a client handle. */
 static int core_new_client(lua_State *L)
 {
@@ -274,10 +337,12 @@ static int core_new_client(lua_State *L)
   luaL_checktype(L, 1, LUA_TTABLE);
   check_codec(L, 2);
   lua_settop(L, 2);
+  check_option_names(L, 1);
 
   client = lua_newuserdata(L, sizeof(*client));
   memset(client, 0, sizeof(*client));
   client->codec_ref = LUA_NOREF;
+  client->logger_ref = LUA_NOREF;
   kw_setmetatable(L, KW_CLIENT_MT);
 
   lua_getfield(L, 1, "host");
@@ -304,6 +369,7 @@ static int core_new_client(lua_State *L)
   }
   lua_pop(L, 1);
   set_user_agent(L, client);
+  set_logging(L, client, 1);
 
   lua_pushvalue(L, 2);
   client->codec_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -337,6 +403,7 @@ static int endpoint_call(lua_State *L)
     return pushed;
 
   kw_request_perform(req);
+  kw_log_flush(L, req);
   kw_json_push_codec(L, req->client);
   codec_index = lua_gettop(L);
   return kw_request_push_result(L, req, codec_index);

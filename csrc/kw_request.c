@@ -79,6 +79,7 @@ static void request_release(kw_request *req)
   free(req->content_type);
   free(req->location);
   kw_buf_free(&req->response);
+  kw_buf_free(&req->log);
   req->url = req->path = req->id = NULL;
   req->headers = NULL;
   req->body = req->file_path = req->file_context = req->file_name = NULL;
@@ -114,6 +115,7 @@ kw_request *kw_request_new(lua_State *L, int client_index,
   req->endpoint = endpoint;
   req->client = client;
   kw_buf_init(&req->response, client->max_response);
+  kw_log_init(req);
   kw_setmetatable(L, KW_REQUEST_MT);
   return req;
 }
@@ -533,8 +535,19 @@ void kw_request_setup_easy(kw_request *req, CURL *easy)
   curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, on_body);
   curl_easy_setopt(easy, CURLOPT_WRITEDATA, req);
   curl_easy_setopt(easy, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)limits->max_response);
-  curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L);
-  curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
+  if (client->insecure) {
+    /* Only the client option named insecure gets here; creating such a client logs a warning. */
+    curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 0L);
+    curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 0L);
+  } else {
+    curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
+  }
+  if (client->verbose) {
+    curl_easy_setopt(easy, CURLOPT_DEBUGFUNCTION, kw_log_on_debug);
+    curl_easy_setopt(easy, CURLOPT_DEBUGDATA, req);
+    curl_easy_setopt(easy, CURLOPT_VERBOSE, 1L);
+  }
   if (client->ca_file != NULL)
     curl_easy_setopt(easy, CURLOPT_CAINFO, client->ca_file);
   curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, limits->connect_timeout_ms);
@@ -601,4 +614,5 @@ void kw_request_perform(kw_request *req)
   kw_request_collect(req, easy, code);
   curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, NULL);
   curl_easy_setopt(easy, CURLOPT_WRITEDATA, NULL);
+  curl_easy_setopt(easy, CURLOPT_DEBUGDATA, NULL);
 }

@@ -54,14 +54,20 @@ end
 
 --- Creates a client for one environment.
 ---@param options table host (base URL), api_key, and optionally ca_file,
---- connect_timeout, timeout, stall_timeout (seconds) and max_response (bytes)
+--- connect_timeout, timeout, stall_timeout (seconds), max_response (bytes),
+--- logger (function(line, level)), verbose (log request and response lines)
+--- and insecure (turn TLS verification off; logs a warning)
 ---@return table client
 function M.client(options)
   if type(options) ~= "table" then
     argument_error(1, "options", "kore_workflow.client", "table expected, got " .. type(options))
   end
   local codec = new_codec()
-  local handle = core.new_client(options, codec)
+  -- Called through pcall so that an option error points at the caller's line.
+  local ok, handle = pcall(core.new_client, options, codec)
+  if not ok then
+    error(handle, 2)
+  end
   local api = core.bind(handle)
   return setmetatable({
     workflow = api.workflow,
