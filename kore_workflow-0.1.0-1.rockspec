@@ -27,7 +27,7 @@ build = {
     ["kore_workflow.core"] = {
       sources = {
         "csrc/kw_compat.c", "csrc/kw_core.c", "csrc/kw_endpoint.c", "csrc/kw_error.c",
-        "csrc/kw_json.c", "csrc/kw_log.c", "csrc/kw_request.c", "csrc/kw_result.c",
+        "csrc/kw_json.c", "csrc/kw_log.c", "csrc/kw_multi.c", "csrc/kw_request.c", "csrc/kw_result.c",
       },
       libraries = { "curl", "m" },
     },

@@ -76,8 +76,12 @@ typedef struct kw_endpoint {
 
 extern const kw_endpoint kw_endpoints[];
 
+struct kw_request;
+
 typedef struct kw_client {
   CURL *easy;
+  CURLM *multi;         /* created on the first stepped request */
+  struct kw_request *in_flight; /* stepped requests added to multi, linked by next */
   char *base_url;       /* scheme://host[:port], no trailing slash */
   char *api_key_header; /* "x-api-key: <key>", wiped on free */
   size_t api_key_offset;
@@ -101,6 +105,13 @@ typedef struct kw_limits {
   size_t max_response;
 } kw_limits;
 
+enum {
+  KW_REQUEST_BUILT,
+  KW_REQUEST_RUNNING,
+  KW_REQUEST_DONE,
+  KW_REQUEST_SPENT
+};
+
 typedef struct kw_request {
   const kw_endpoint *endpoint;
   kw_client *client;
@@ -123,6 +134,10 @@ typedef struct kw_request {
   long long retry_after;  /* seconds, negative when the server sent none */
   int request_sent;       /* the connection was made and sending had begun */
   kw_buf log;             /* verbose log lines, filled by the debug callback */
+  CURL *own_easy;         /* a stepped request's own handle, NULL for blocking ones */
+  int client_ref;         /* keeps the client alive while a stepped request lives */
+  int state;              /* KW_REQUEST_BUILT, _RUNNING, _DONE or _SPENT */
+  struct kw_request *next;
   char errbuf[CURL_ERROR_SIZE];
   int performed;
 } kw_request;
@@ -140,6 +155,12 @@ void kw_request_setup_easy(kw_request *req, CURL *easy);
 void kw_request_collect(kw_request *req, CURL *easy, CURLcode code);
 void kw_request_perform(kw_request *req);
 int kw_request_push_result(lua_State *L, kw_request *req, int codec_index);
+
+/* kw_multi.c */
+int kw_multi_start(lua_State *L, kw_request *req, int client_index);
+void kw_multi_detach(kw_request *req);
+void kw_multi_release_client(kw_client *client);
+void kw_multi_register(lua_State *L);
 
 /* kw_log.c */
 void kw_log_init(kw_request *req);

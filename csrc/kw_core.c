@@ -43,6 +43,7 @@ static void wipe(char *s)
 
 static void client_release(lua_State *L, kw_client *client)
 {
+  kw_multi_release_client(client);
   if (client->easy != NULL)
     curl_easy_cleanup(client->easy);
   client->easy = NULL;
@@ -409,13 +410,37 @@ static int endpoint_call(lua_State *L)
   return kw_request_push_result(L, req, codec_index);
 }
 
-/* core.bind(client): returns { workflow = { import, status }, files = { upload } }. */
-static int core_bind(lua_State *L)
+/*
+ * The function behind every bound "start" call: builds the request and adds
+ * it to the client's multi handle without waiting. Returns the request, or
+ * nil and an error for a local failure such as an unreadable file.
+ */
+static int endpoint_start(lua_State *L)
+{
+  const kw_endpoint *ep = lua_touserdata(L, lua_upvalueindex(2));
+  int client_index;
+  int request_index;
+  int pushed;
+  kw_request *req;
+
+  lua_settop(L, endpoint_arity(ep));
+  lua_pushvalue(L, lua_upvalueindex(1));
+  client_index = lua_gettop(L);
+  req = kw_request_new(L, client_index, ep);
+  request_index = lua_gettop(L);
+  pushed = kw_request_prepare(L, req, 1);
+  if (pushed != 0)
+    return pushed;
+  kw_multi_start(L, req, client_index);
+  lua_pushvalue(L, request_index);
+  return 1;
+}
+
+/* Adds a table of every endpoint, bound to the client at index 1, to the table on top. */
+static void bind_endpoints(lua_State *L, lua_CFunction call)
 {
   const kw_endpoint *ep;
 
-  kw_client_check(L, 1);
-  lua_newtable(L);
   for (ep = kw_endpoints; ep->ns != NULL; ep++) {
     lua_getfield(L, -1, ep->ns);
     if (lua_isnil(L, -1)) {
@@ -426,10 +451,25 @@ static int core_bind(lua_State *L)
     }
     lua_pushvalue(L, 1);
     lua_pushlightuserdata(L, (void *)ep);
-    lua_pushcclosure(L, endpoint_call, 2);
+    lua_pushcclosure(L, call, 2);
     lua_setfield(L, -2, ep->name);
     lua_pop(L, 1);
   }
+}
+
+/*
+ * core.bind(client): returns { workflow = { import, status }, files = { upload },
+ * start = { workflow = {...}, files = {...} } }, where the start functions
+ * return stepped requests instead of waiting.
+ */
+static int core_bind(lua_State *L)
+{
+  kw_client_check(L, 1);
+  lua_newtable(L);
+  bind_endpoints(L, endpoint_call);
+  lua_newtable(L);
+  bind_endpoints(L, endpoint_start);
+  lua_setfield(L, -2, "start");
   return 1;
 }
 
@@ -533,6 +573,7 @@ int luaopen_kore_workflow_core(lua_State *L)
   }
   register_client(L);
   kw_request_register(L);
+  kw_multi_register(L);
   kw_error_register(L);
 
   kw_newlib(L, functions);

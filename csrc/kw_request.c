@@ -91,6 +91,11 @@ static int request_gc(lua_State *L)
 {
   kw_request *req = luaL_checkudata(L, 1, KW_REQUEST_MT);
 
+  kw_multi_detach(req);
+  if (req->client_ref != LUA_NOREF) {
+    luaL_unref(L, LUA_REGISTRYINDEX, req->client_ref);
+    req->client_ref = LUA_NOREF;
+  }
   request_release(req);
   return 0;
 }
@@ -114,6 +119,8 @@ kw_request *kw_request_new(lua_State *L, int client_index,
   memset(req, 0, sizeof(*req));
   req->endpoint = endpoint;
   req->client = client;
+  req->client_ref = LUA_NOREF;
+  req->state = KW_REQUEST_BUILT;
   kw_buf_init(&req->response, client->max_response);
   kw_log_init(req);
   kw_setmetatable(L, KW_REQUEST_MT);

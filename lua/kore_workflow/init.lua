@@ -4,6 +4,7 @@
 -- the client object, the default client configured from the environment,
 -- waiting for a job, and importing a workflow's three definition files.
 local core = require "kore_workflow.core"
+local scheduler = require "kore_workflow.scheduler"
 local waiter = require "kore_workflow.waiter"
 
 local M = {
@@ -72,8 +73,51 @@ function M.client(options)
   return setmetatable({
     workflow = api.workflow,
     files = api.files,
+    _api = api,
     _handle = handle,
     _codec = codec,
+  }, Client)
+end
+
+-- Wraps a start function so that it returns the call's result, stepping the
+-- request and sleeping through the adapter between steps. The coroutine is
+-- suspended only inside adapter.sleep, never inside a C function.
+local function stepped(start, adapter)
+  return function(...)
+    local request, err = start(...)
+    if not request then
+      return nil, err
+    end
+    while not request:step() do
+      adapter.sleep(request:next_step())
+    end
+    return request:result()
+  end
+end
+
+--- Returns the non-blocking form of the client: the same workflow.*,
+-- files.*, wait and import_files, for code running inside a coroutine that
+-- the adapter can suspend. adapter.sleep(seconds) must suspend the calling
+-- coroutine and resume it later (kore_workflow.nvim and kore_workflow.openresty
+-- provide one for their hosts).
+---@param adapter table { sleep = function(seconds) }
+function Client:nonblocking(adapter)
+  if type(adapter) ~= "table" or type(adapter.sleep) ~= "function" then
+    argument_error(1, "adapter", "nonblocking", "table with a sleep function expected")
+  end
+  local start = self._api.start
+  return setmetatable({
+    workflow = {
+      import = stepped(start.workflow.import, adapter),
+      status = stepped(start.workflow.status, adapter),
+    },
+    files = {
+      upload = stepped(start.files.upload, adapter),
+    },
+    _api = self._api,
+    _handle = self._handle,
+    _codec = self._codec,
+    _sleep = adapter.sleep,
   }, Client)
 end
 
@@ -120,7 +164,7 @@ function Client:wait(dock_status_id, options)
     factor = options.factor,
     max_interval = options.max_interval,
     on_progress = options.on_progress,
-    sleep = options.sleep or core.sleep,
+    sleep = options.sleep or self._sleep or core.sleep,
     clock = options.clock or core.monotonic,
     random = options.random or core.random,
     label = options.label,
@@ -250,6 +294,82 @@ function Client:import_files(workflow_id, source, options)
   end
   wait_options.label = wait_options.label or ("import into workflow " .. workflow_id)
   return self:wait(job.dockStatusId, wait_options)
+end
+
+-- Runs fn(nonblocking_client, item, index) for every item, at most
+-- `concurrency` at once, and returns two tables indexed like items: the
+-- results, and the errors (nil when there were none).
+function Client:_run_concurrently(items, concurrency, fn)
+  local tasks = scheduler.new {
+    idle_sleep = self._sleep or core.sleep,
+    clock = core.monotonic,
+  }
+  local client = self:nonblocking(scheduler.task_adapter)
+  local results, errors = {}, nil
+  local next_index = 1
+  local function worker()
+    while next_index <= #items do
+      local index = next_index
+      next_index = next_index + 1
+      local result, err = fn(client, items[index], index)
+      results[index] = result
+      if err ~= nil then
+        errors = errors or {}
+        errors[index] = err
+      end
+    end
+  end
+  for _ = 1, math.min(concurrency, #items) do
+    tasks:spawn(worker)
+  end
+  tasks:run()
+  return results, errors
+end
+
+local function check_concurrency(options, fname)
+  local concurrency = options.concurrency or 8
+  if type(concurrency) ~= "number" or concurrency < 1 or concurrency ~= math.floor(concurrency) then
+    argument_error(2, "options", fname, "option 'concurrency' must be an integer of 1 or more")
+  end
+  return concurrency
+end
+
+--- Waits for several dock statuses at once, with at most options.concurrency
+-- (default 8) requests in flight. Returns the final jobs and, when any wait
+-- failed, a table of errors, both indexed like ids.
+---@param ids table array of dock status ids
+---@param options table|nil as for wait, plus concurrency
+function Client:wait_all(ids, options)
+  if type(ids) ~= "table" then
+    argument_error(1, "ids", "wait_all", "table expected, got " .. type(ids))
+  end
+  options = options or {}
+  local concurrency = check_concurrency(options, "wait_all")
+  return self:_run_concurrently(ids, concurrency, function(client, id)
+    return client:wait(id, options)
+  end)
+end
+
+--- Imports several workflows at once: items is an array of
+-- { workflow_id = ..., source = dir_or_paths }. Returns the final jobs and,
+-- when any import failed, a table of errors, both indexed like items.
+---@param items table
+---@param options table|nil as for import_files, plus concurrency
+function Client:import_many(items, options)
+  if type(items) ~= "table" then
+    argument_error(1, "items", "import_many", "table expected, got " .. type(items))
+  end
+  options = options or {}
+  local concurrency = check_concurrency(options, "import_many")
+  for i, item in ipairs(items) do
+    if type(item) ~= "table" or type(item.workflow_id) ~= "string" or item.source == nil then
+      argument_error(1, "items", "import_many",
+        ("item %d must be { workflow_id = string, source = dir or paths }"):format(i))
+    end
+  end
+  return self:_run_concurrently(items, concurrency, function(client, item)
+    return client:import_files(item.workflow_id, item.source, options)
+  end)
 end
 
 -- The default client, built on first use from kore_workflow.configure{...} or
