@@ -768,3 +768,339 @@ describe("mock emulator process", function()
     assert.is_true(refused)
   end)
 end)
+
+describe("mock emulator fault scripts", function()
+  local emu
+
+  setup(function()
+    emu = emulator.start({ api_key = KEY })
+  end)
+
+  teardown(function()
+    emu:stop()
+  end)
+
+  before_each(function()
+    emu:reset()
+  end)
+
+  local function status_request(id, extra_headers)
+    local headers = { "x-api-key: " .. KEY }
+    for _, header in ipairs(extra_headers or {}) do
+      headers[#headers + 1] = header
+    end
+    return raw_request("GET", "/api/public/dock-status/" .. id, headers)
+  end
+
+  -- Reads the status line and header fields. Returns the status, the
+  -- lowercased headers and the seconds the read took.
+  local function read_head(sock)
+    local started = socket.gettime()
+    local status_line = assert(sock:receive("*l"))
+    local headers = {}
+    while true do
+      local line = assert(sock:receive("*l"))
+      if line == "" then
+        break
+      end
+      local name, value = line:match("^([^:]+):%s*(.*)$")
+      headers[name:lower()] = value
+    end
+    return tonumber(status_line:match("^HTTP/1%.%d (%d%d%d)")), headers, socket.gettime() - started
+  end
+
+  -- Decodes a chunked body from the socket. Returns the body.
+  local function read_chunked(sock)
+    local pieces = {}
+    while true do
+      local size = tonumber(assert(sock:receive("*l")), 16)
+      if size == 0 then
+        assert.equal("", sock:receive("*l"))
+        return table.concat(pieces)
+      end
+      pieces[#pieces + 1] = assert(sock:receive(size))
+      assert.equal("", sock:receive("*l"))
+    end
+  end
+
+  local function script_error(script)
+    local status, text = emulator.http_request("POST", emu.url .. "/_mock/script", cjson.encode(script),
+      { ["content-type"] = "application/json" })
+    return status, decode(text)
+  end
+
+  describe("raw", function()
+    it("writes the bytes verbatim and closes", function()
+      local raw = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+        .. '{"_id":"ds-raw","st'
+      emu:script({ path = "/api/public/dock-status/ds-raw", responses = { { raw = raw, close = true } } })
+      local sock = connect(emu)
+      sock:send(status_request("ds-raw"))
+      local received, err, partial = sock:receive("*a")
+      sock:close()
+      assert.is_nil(err)
+      assert.equal(raw, received or partial)
+      assert.equal(200, last_request(emu).response_status)
+    end)
+
+    it("keeps the connection open without close", function()
+      local raw = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+      emu:script({ path = "/api/public/dock-status/ds-raw-open", responses = { { raw = raw } } })
+      local sock = connect(emu)
+      sock:send(status_request("ds-raw-open"))
+      local status, _, body = read_response(sock)
+      assert.equal(200, status)
+      assert.equal("{}", body)
+      sock:send(status_request("ds-after-raw"))
+      status, _, body = read_response(sock)
+      sock:close()
+      assert.equal(404, status)
+      assert.truthy(body:find("ds-after-raw", 1, true))
+      local log = emu:requests()
+      assert.equal(log[1].connection, log[2].connection)
+    end)
+
+    it("sends binary bytes unchanged", function()
+      local bytes = {}
+      for i = 0, 255 do
+        bytes[#bytes + 1] = string.char(i)
+      end
+      local body = table.concat(bytes)
+      local raw = "HTTP/1.1 200 OK\r\nContent-Length: 256\r\n\r\n" .. body
+      emu:script({ path = "/api/public/dock-status/ds-bin", responses = { { raw = raw, close = true } } })
+      local sock = connect(emu)
+      sock:send(status_request("ds-bin"))
+      local _, _, received = read_response(sock)
+      sock:close()
+      assert.is_true(received == body)
+    end)
+  end)
+
+  describe("close", function()
+    it("closes after a built response", function()
+      emu:script({ path = "/api/public/dock-status/ds-close", responses = { { status = 200, body = "{}", close = true } } })
+      local sock = connect(emu)
+      sock:send(status_request("ds-close"))
+      local status, headers, body = read_response(sock)
+      assert.equal(200, status)
+      assert.equal("close", headers.connection)
+      assert.equal("{}", body)
+      local more, err = sock:receive(1)
+      sock:close()
+      assert.is_nil(more)
+      assert.equal("closed", err)
+    end)
+  end)
+
+  describe("stall and trickle", function()
+    it("stalls between head and body", function()
+      local stall = 0.6
+      emu:script({ path = "/api/public/dock-status/ds-stall", responses = { { body = '{"a":1}', stall = stall } } })
+      local sock = connect(emu)
+      local started = socket.gettime()
+      sock:send(status_request("ds-stall"))
+      local status, headers = read_head(sock)
+      local head_at = socket.gettime() - started
+      local body = sock:receive(tonumber(headers["content-length"]))
+      local body_at = socket.gettime() - started
+      sock:close()
+      print(("\nhead after %.3f s, body after %.3f s"):format(head_at, body_at))
+      assert.equal(200, status)
+      assert.equal('{"a":1}', body)
+      assert.is_true(head_at < stall / 2, ("head came after %.3f s"):format(head_at))
+      assert.is_true(body_at >= stall, ("body came after %.3f s"):format(body_at))
+    end)
+
+    it("trickles the body one byte at a time", function()
+      local trickle = 0.15
+      local body = '{"b":2}'
+      emu:script({ path = "/api/public/dock-status/ds-trickle", responses = { { body = body, trickle = trickle } } })
+      local sock = connect(emu)
+      sock:send(status_request("ds-trickle"))
+      read_head(sock)
+      local times = {}
+      local received = {}
+      local started = socket.gettime()
+      for i = 1, #body do
+        received[i] = assert(sock:receive(1))
+        times[i] = socket.gettime() - started
+      end
+      sock:close()
+      assert.equal(body, table.concat(received))
+      local span = times[#body] - times[1]
+      print(("\n%d bytes over %.3f s"):format(#body, span))
+      assert.is_true(span >= trickle * (#body - 1) * 0.9, ("bytes came over %.3f s"):format(span))
+    end)
+
+    it("serves other connections during a stall and a trickle", function()
+      emu:script({ path = "/api/public/dock-status/ds-slow-1", responses = { { body = "{}", stall = 2 } } })
+      emu:script({ path = "/api/public/dock-status/ds-slow-2", responses = { { body = '{"x":1}', trickle = 1 } } })
+      local stalled = connect(emu)
+      stalled:send(status_request("ds-slow-1"))
+      local trickled = connect(emu)
+      trickled:send(status_request("ds-slow-2"))
+      read_head(stalled)
+      read_head(trickled)
+      local fast = connect(emu)
+      local started = socket.gettime()
+      fast:send(status_request("ds-fast"))
+      local status = read_response(fast)
+      local elapsed = socket.gettime() - started
+      fast:close()
+      stalled:close()
+      trickled:close()
+      print(("\nthird connection answered in %.1f ms"):format(elapsed * 1000))
+      assert.equal(404, status)
+      assert.is_true(elapsed < 0.5, ("third connection answered after %.3f s"):format(elapsed))
+    end)
+  end)
+
+  describe("stream", function()
+    it("generates a body of the given size with Content-Length", function()
+      local bytes = 1000003
+      emu:script({ path = "/api/public/dock-status/ds-stream", responses = {
+        { stream = { bytes = bytes, chunk = "abc" }, headers = { ["Content-Type"] = "text/plain" } } } })
+      local sock = connect(emu)
+      sock:send(status_request("ds-stream"))
+      local status, headers = read_head(sock)
+      local body = assert(sock:receive(bytes))
+      sock:close()
+      assert.equal(200, status)
+      assert.equal(tostring(bytes), headers["content-length"])
+      assert.equal("text/plain", headers["content-type"])
+      assert.is_true(body == ("abc"):rep(math.ceil(bytes / 3)):sub(1, bytes))
+    end)
+
+    it("sends a chunked stream", function()
+      local bytes = 200000
+      emu:script({ path = "/api/public/dock-status/ds-chunked", responses = {
+        { stream = { bytes = bytes, chunked = true } } } })
+      local sock = connect(emu)
+      sock:send(status_request("ds-chunked"))
+      local status, headers = read_head(sock)
+      local body = read_chunked(sock)
+      sock:close()
+      assert.equal(200, status)
+      assert.is_nil(headers["content-length"])
+      assert.equal("chunked", headers["transfer-encoding"])
+      assert.equal("application/json", headers["content-type"])
+      assert.is_true(body == ("x"):rep(bytes))
+    end)
+
+    it("stops streaming when the client goes away", function()
+      emu:script({ path = "/api/public/dock-status/ds-huge", responses = {
+        { stream = { bytes = 10 * 1000 * 1000 * 1000 } } } })
+      local sock = connect(emu)
+      sock:send(status_request("ds-huge"))
+      read_head(sock)
+      assert(sock:receive(100000))
+      sock:close()
+      -- The emulator must still answer, so the abandoned stream did not block it.
+      local started = socket.gettime()
+      local status = api(emu, "GET", "/api/public/dock-status/ds-after-huge")
+      local elapsed = socket.gettime() - started
+      assert.equal(404, status)
+      assert.is_true(elapsed < 5, ("next request answered after %.3f s"):format(elapsed))
+    end)
+  end)
+
+  describe("read_rate", function()
+    it("reads a request body at the given rate", function()
+      local size = 400000
+      local rate = 200000
+      emu:script({ method = "POST", path_pattern = "^/api/public/workflows/", responses = {
+        { read_rate = rate, passthrough = true } } })
+      local body = '{"workflowDataFileId":"' .. ("x"):rep(size - 25) .. '"}'
+      local started = socket.gettime()
+      local status = api(emu, "POST", "/api/public/workflows/" .. DEFAULT_WORKFLOW .. "/import", body,
+        { ["content-type"] = "application/json" })
+      local elapsed = socket.gettime() - started
+      -- Up to 64 KiB may arrive with the request head, before the limit applies.
+      local lowest = (size - 65536) / rate
+      print(("\n%d bytes read in %.2f s at a limit of %d bytes/s"):format(size, elapsed, rate))
+      assert.equal(400, status)
+      assert.equal(#body, last_request(emu).body_size)
+      assert.is_true(elapsed >= lowest * 0.9, ("body read in %.3f s"):format(elapsed))
+      assert.is_true(elapsed < size / rate + 2, ("body read in %.3f s"):format(elapsed))
+    end)
+  end)
+
+  describe("validation", function()
+    for _, case in ipairs({
+      { name = "raw with status", entry = { raw = "x", status = 200 }, pattern = "raw cannot be combined" },
+      { name = "raw of a number", entry = { raw = 5 }, pattern = "raw must be a string" },
+      { name = "stream with body", entry = { stream = { bytes = 1 }, body = "x" }, pattern = "stream cannot" },
+      { name = "stream without bytes", entry = { stream = { chunk = "x" } }, pattern = "stream.bytes" },
+      { name = "empty stream chunk", entry = { stream = { bytes = 1, chunk = "" } }, pattern = "stream.chunk" },
+      { name = "negative trickle", entry = { trickle = -1 }, pattern = "trickle must be" },
+      { name = "stall of a string", entry = { stall = "1" }, pattern = "stall must be" },
+      { name = "zero read_rate", entry = { read_rate = 0 }, pattern = "read_rate must be" },
+      { name = "close of a string", entry = { close = "yes" }, pattern = "close must be true or false" },
+    }) do
+      it("rejects " .. case.name, function()
+        local status, reply = script_error({ path = "/x", responses = { case.entry } })
+        assert.equal(400, status)
+        assert.truthy(reply.message:find(case.pattern, 1, true), reply.message)
+      end)
+    end
+  end)
+
+  describe("request log", function()
+    it("records the arrival time", function()
+      local before = socket.gettime()
+      api(emu, "GET", "/api/public/dock-status/ds-timed")
+      local after = socket.gettime()
+      local record = last_request(emu)
+      assert.is_number(record.received_at)
+      assert.is_true(record.received_at >= before - 0.01, "arrival time is before the request was sent")
+      assert.is_true(record.received_at <= after + 0.01, "arrival time is after the reply came")
+    end)
+
+    it("numbers connections uniquely after others close", function()
+      local first = connect(emu)
+      local second = connect(emu)
+      first:send(status_request("ds-n1"))
+      read_response(first)
+      second:send(status_request("ds-n2"))
+      read_response(second)
+      first:close()
+      second:close()
+      -- Lets the emulator notice both closes before the next connection.
+      socket.sleep(0.2)
+      local third = connect(emu)
+      third:send(status_request("ds-n3"))
+      read_response(third)
+      third:close()
+      local log = emu:requests()
+      assert.equal(3, #log)
+      assert.are_not.equal(log[1].connection, log[2].connection)
+      assert.are_not.equal(log[1].connection, log[3].connection)
+      assert.are_not.equal(log[2].connection, log[3].connection)
+    end)
+
+    it("serves more connections in turn than max_connections", function()
+      -- The default max_connections is 200; closed connections must free their places.
+      for i = 1, 210 do
+        local sock = connect(emu)
+        sock:settimeout(2)
+        sock:send(status_request("ds-many-" .. i, { "Connection: close" }))
+        local status, err = read_response(sock)
+        sock:close()
+        assert(status == 404, ("connection %d got no reply: %s"):format(i, tostring(err)))
+      end
+    end)
+  end)
+
+  it("exits by itself when idle after serving requests", function()
+    local idle = emulator.start({ api_key = KEY, idle_exit = 0.5 })
+    local host, port = parse_url(idle.url)
+    assert.equal(404, (api(idle, "GET", "/api/public/dock-status/ds-idle")))
+    socket.sleep(1.5)
+    local sock = socket.tcp()
+    sock:settimeout(1)
+    local connected = sock:connect(host, port)
+    sock:close()
+    idle:stop()
+    assert.is_nil(connected)
+  end)
+end)

@@ -49,6 +49,40 @@ end
 local Client = {}
 Client.__index = Client
 
+-- nginx phases in which a blocking call stalls every request of the worker.
+local NGINX_REQUEST_PHASES = {
+  set = true, rewrite = true, server_rewrite = true, access = true, content = true,
+  header_filter = true, body_filter = true, log = true, timer = true, balancer = true,
+  ssl_cert = true, ssl_session_fetch = true, ssl_client_hello = true,
+}
+local nginx_warned = false
+
+-- Logs once per nginx worker when a blocking call runs inside a request
+-- handler, where it stalls every other request of that worker.
+local function warn_if_blocking_in_nginx()
+  if nginx_warned or type(ngx) ~= "table" or type(ngx.get_phase) ~= "function" then
+    return
+  end
+  local ok, phase = pcall(ngx.get_phase)
+  if ok and NGINX_REQUEST_PHASES[phase] then
+    nginx_warned = true
+    ngx.log(ngx.WARN, "kore_workflow: a blocking call ran in nginx's ", phase,
+      " phase and stalled every request of this worker; use the non-blocking form, ",
+      "require(\"kore_workflow.openresty\").client{...} or client:nonblocking(adapter)")
+  end
+end
+
+-- Wraps a blocking C call so that it warns when used inside nginx.
+local function blocking(call)
+  if type(ngx) ~= "table" then
+    return call
+  end
+  return function(...)
+    warn_if_blocking_in_nginx()
+    return call(...)
+  end
+end
+
 function Client:__tostring()
   return tostring(self._handle)
 end
@@ -71,8 +105,13 @@ function M.client(options)
   end
   local api = core.bind(handle)
   return setmetatable({
-    workflow = api.workflow,
-    files = api.files,
+    workflow = {
+      import = blocking(api.workflow.import),
+      status = blocking(api.workflow.status),
+    },
+    files = {
+      upload = blocking(api.files.upload),
+    },
     _api = api,
     _handle = handle,
     _codec = codec,

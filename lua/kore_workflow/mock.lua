@@ -8,6 +8,52 @@
 -- Runs on Lua 5.1, LuaJIT and Lua 5.2 to 5.4. Request handlers never yield,
 -- because Lua 5.1 cannot yield across pcall; only the connection loop around
 -- them waits for sockets and timers.
+--
+-- Control routes, which need no API key:
+--   GET /_mock/requests        the request log, oldest first. Each record has
+--     method, path, headers (secret values replaced by "***"), key_ok,
+--     body_size, body (decoded JSON) or parts (multipart summaries),
+--     response_status, connection (the number of the TCP connection, counted
+--     from 1 in accept order), received_at (Unix time in seconds, with a
+--     fraction, when the request head was read) and closed ("drop" or
+--     "reset") for a scripted close;
+--   POST /_mock/reset          clears the request log and pending scripts;
+--   POST /_mock/script         queues scripted responses for a route;
+--   POST /_mock/workflows      seeds a workflow {id, name};
+--   GET /_mock/workflows/ID    a workflow's stored definitions;
+--   GET /_mock/files/ID?...    an uploaded file's bytes, from its signed url;
+--   POST /_mock/shutdown       stops the emulator.
+--
+-- A script is {method, path or path_pattern, responses = {...}, repeat}.
+-- Requests that match it take its responses in turn; `repeat` (default 1)
+-- runs the list that many times, and -1 repeats it until POST /_mock/reset.
+-- A script entry is taken when the request head has been read, before the
+-- body, so a connection that fails while sending its body still uses it up.
+-- Every field of an entry is optional:
+--   status (200), headers, body (a string, or a JSON value to encode): the
+--     response. A non-empty body gets Content-Type application/json unless
+--     headers name one;
+--   delay: seconds to wait after reading the request before answering;
+--   drop, reset: close the connection without answering, with a FIN, or with
+--     a TCP RST for reset;
+--   passthrough: answer as the emulator would without a script (after delay);
+--   raw: a string written to the socket verbatim in place of a built
+--     response, so a test can send a false Content-Length, a truncated
+--     chunked body or a malformed status line. Excludes status, headers,
+--     body, stream and passthrough. The text up to and including the first
+--     empty line counts as the head for stall and trickle. Without close, the
+--     connection then waits for the next request;
+--   close: true closes the connection after the response is written, and a
+--     built response says "Connection: close";
+--   stall: seconds to wait between writing the head and the body;
+--   trickle: send the body one byte at a time, this many seconds apart;
+--   stream: {bytes = N, chunk = "x", chunked = false}: a body of N bytes made
+--     of chunk repeated, generated while it is sent so that it never sits in
+--     memory whole. It has a Content-Length unless chunked is true, when it
+--     goes out with Transfer-Encoding chunked. Excludes body;
+--   read_rate: bytes per second at which the request body is read, so that an
+--     upload can be slow but moving. The first read may take up to 64 KiB
+--     that arrived with the request head.
 
 local socket = require("socket")
 local cjson = require("cjson")
@@ -452,20 +498,53 @@ end
 local Connection = {}
 Connection.__index = Connection
 
+-- Connections are numbered from 1 in accept order. The number comes from its
+-- own counter, because connection_count goes down again as connections close.
 local function new_connection(server, sock)
-  server.connection_count = (server.connection_count or 0) + 1
+  server.connections_accepted = (server.connections_accepted or 0) + 1
   return setmetatable({ server = server, sock = sock, buffer = "",
-                        number = server.connection_count }, Connection)
+                        number = server.connections_accepted }, Connection)
+end
+
+-- Limits reads from the socket to bytes_per_second on average from now on,
+-- or lifts the limit when it is nil.
+function Connection:limit_read_rate(bytes_per_second)
+  self.read_rate = bytes_per_second
+  self.rate_started = socket.gettime()
+  self.rate_bytes = 0
+end
+
+-- Sleeps until the read rate allows more bytes, and returns how many may be
+-- read now, at most max_bytes.
+function Connection:read_allowance(max_bytes)
+  local rate = self.read_rate
+  -- Waiting for a slice of about 1/20 s of data keeps the rate even without
+  -- a wake-up per byte.
+  local wanted = math.min(max_bytes, math.max(1, math.floor(rate / 20)))
+  while true do
+    local now = socket.gettime()
+    local allowed = math.floor((now - self.rate_started) * rate) - self.rate_bytes
+    if allowed >= wanted then
+      return math.min(allowed, max_bytes)
+    end
+    self:sleep(self.rate_started + (self.rate_bytes + wanted) / rate - now)
+  end
 end
 
 -- Returns a non-empty string of at most max_bytes, waiting up to timeout
 -- seconds for data. Returns nil and "closed", "timeout" or a socket error.
 function Connection:receive_some(max_bytes, timeout)
+  if self.read_rate then
+    max_bytes = self:read_allowance(max_bytes)
+  end
   local deadline = socket.gettime() + timeout
   while true do
     local data, err, partial = self.sock:receive(max_bytes)
     local chunk = data or partial
     if chunk and chunk ~= "" then
+      if self.read_rate then
+        self.rate_bytes = self.rate_bytes + #chunk
+      end
       return chunk
     end
     if err ~= "timeout" then
@@ -980,7 +1059,10 @@ function Server:serve_connection(conn)
   end
 end
 
-function Server.build_response_text(_, request, response, keep_alive)
+-- Builds the status line and header fields of a response, up to and
+-- including the empty line. `length` is the body's size in bytes, or
+-- "chunked" for a body sent with Transfer-Encoding chunked.
+function Server.build_response_head(_, response, keep_alive, length)
   local status = response.status
   local lines = {
     string.format("HTTP/1.1 %d %s", status, REASON_PHRASES[status] or "Unknown"),
@@ -1000,32 +1082,132 @@ function Server.build_response_text(_, request, response, keep_alive)
       has[lower] = true
     end
   end
-  local body = response.body or ""
-  local bodiless = status == 204 or status == 304
-  if not bodiless then
+  if status ~= 204 and status ~= 304 then
     if not has["content-type"] and response.content_type then
       lines[#lines + 1] = "Content-Type: " .. response.content_type
     end
-    lines[#lines + 1] = "Content-Length: " .. string.format("%d", #body)
+    if length == "chunked" then
+      lines[#lines + 1] = "Transfer-Encoding: chunked"
+    else
+      lines[#lines + 1] = "Content-Length: " .. string.format("%d", length)
+    end
   end
   lines[#lines + 1] = "Connection: " .. (keep_alive and "keep-alive" or "close")
-  local head = table.concat(lines, "\r\n") .. "\r\n\r\n"
-  if bodiless or (request and request.method == "HEAD") then
+  return table.concat(lines, "\r\n") .. "\r\n\r\n"
+end
+
+-- Returns whether a response to the request carries a body.
+local function has_body(request, response)
+  local status = response.status
+  return status ~= 204 and status ~= 304 and not (request and request.method == "HEAD")
+end
+
+function Server:build_response_text(request, response, keep_alive)
+  local body = response.body or ""
+  local head = self:build_response_head(response, keep_alive, #body)
+  if not has_body(request, response) then
     return head
   end
   return head .. body
 end
 
--- Sends a response. Returns whether the connection stays open.
-function Server:send_response(conn, request, response)
-  local keep_alive = request ~= nil and request.keep_alive and not response.close and not self.stop_reason
-  local extra = response.headers or {}
-  for name, value in pairs(extra) do
+-- Returns whether the connection stays open after the response.
+function Server:keeps_alive(request, response)
+  if request == nil or not request.keep_alive or response.close or self.stop_reason then
+    return false
+  end
+  for name, value in pairs(response.headers or {}) do
     if name:lower() == "connection" and tostring(value):lower():find("close") then
-      keep_alive = false
+      return false
     end
   end
+  return true
+end
+
+-- Sends a response. Returns whether the connection stays open.
+function Server:send_response(conn, request, response)
+  local keep_alive = self:keeps_alive(request, response)
   local ok = conn:send_all(self:build_response_text(request, response, keep_alive), self.request_timeout)
+  return ok and keep_alive or false
+end
+
+-- Sends data, one byte every `trickle` seconds when trickle is set.
+-- Returns true, or nil and the socket error.
+function Server:send_body(conn, data, trickle)
+  if not trickle then
+    return conn:send_all(data, self.request_timeout)
+  end
+  for i = 1, #data do
+    if i > 1 then
+      conn:sleep(trickle)
+    end
+    local ok, err = conn:send_all(data:sub(i, i), self.request_timeout)
+    if not ok then
+      return nil, err
+    end
+  end
+  return true
+end
+
+-- Sends the body of a `stream` script entry: stream.bytes bytes of
+-- stream.chunk repeated, built 64 KiB at a time, as chunked transfer coding
+-- when stream.chunked is set. Returns true, or nil and the socket error.
+function Server:send_stream(conn, stream, trickle)
+  local chunk = stream.chunk
+  -- A block holds whole copies of chunk, so consecutive blocks continue the pattern.
+  local block = chunk:rep(math.max(1, math.ceil(RECEIVE_SIZE / #chunk)))
+  local left = stream.bytes
+  while left > 0 do
+    local piece = left < #block and block:sub(1, left) or block
+    left = left - #piece
+    if stream.chunked then
+      piece = string.format("%x\r\n%s\r\n", #piece, piece)
+    end
+    local ok, err = self:send_body(conn, piece, trickle)
+    if not ok then
+      return nil, err
+    end
+  end
+  if stream.chunked then
+    return conn:send_all("0\r\n\r\n", self.request_timeout)
+  end
+  return true
+end
+
+-- Sends the response of a script entry with its faults: raw text in place of
+-- a built response, a stall between head and body, a trickled or streamed
+-- body, and a close afterwards. `response` is nil for a raw entry.
+-- Returns whether the connection stays open.
+function Server:send_scripted(conn, request, response, entry)
+  local head, body, keep_alive
+  if entry.raw then
+    keep_alive = request.keep_alive and not entry.close and not self.stop_reason
+    local _, head_end = entry.raw:find("\r\n\r\n", 1, true)
+    head_end = head_end or #entry.raw
+    head, body = entry.raw:sub(1, head_end), entry.raw:sub(head_end + 1)
+  else
+    response.close = response.close or entry.close
+    keep_alive = self:keeps_alive(request, response)
+    if entry.stream then
+      head = self:build_response_head(response, keep_alive, entry.stream.chunked and "chunked" or entry.stream.bytes)
+    else
+      body = response.body or ""
+      head = self:build_response_head(response, keep_alive, #body)
+    end
+    if not has_body(request, response) then
+      body = ""
+    end
+  end
+  if not conn:send_all(head, self.request_timeout) then
+    return false
+  end
+  conn:sleep(entry.stall)
+  local ok
+  if body then
+    ok = self:send_body(conn, body, entry.trickle)
+  else
+    ok = self:send_stream(conn, entry.stream, entry.trickle)
+  end
   return ok and keep_alive or false
 end
 
@@ -1076,9 +1258,17 @@ function Server:serve_request(conn)
     return false
   end
   local is_control = request.path == "/_mock" or request.path:sub(1, 7) == "/_mock/"
+  local entry
+  if not is_control then
+    entry = self:take_script_entry(request)
+  end
 
   local body, framing_error
+  if entry and entry.read_rate then
+    conn:limit_read_rate(entry.read_rate)
+  end
   body, status, framing_error = self:read_body(conn, request)
+  conn:limit_read_rate(nil)
   if not body and not status then
     return false
   end
@@ -1087,6 +1277,7 @@ function Server:serve_request(conn)
   if not is_control then
     record = self:record_request(request)
     record.connection = conn.number
+    record.received_at = started
     if framing_error then
       record.error = framing_error
     end
@@ -1105,7 +1296,7 @@ function Server:serve_request(conn)
   if is_control then
     return self:answer_control(conn, request, started)
   end
-  return self:answer_api(conn, request, record, started)
+  return self:answer_api(conn, request, record, started, entry)
 end
 
 -- Reads the request body, first sending 100 Continue when the client asks
@@ -1165,8 +1356,7 @@ function Server:call_api_handler(request, record)
   return error_response(500, "INTERNAL_ERROR", "internal emulator error: " .. tostring(response))
 end
 
-function Server:answer_api(conn, request, record, started)
-  local entry = self:take_script_entry(request)
+function Server:answer_api(conn, request, record, started, entry)
   conn:sleep(self.delay)
   local response
   if entry then
@@ -1181,6 +1371,13 @@ function Server:answer_api(conn, request, record, started)
       self:log_request(request, nil, started, note)
       return false
     end
+    if entry.raw then
+      local raw_status = tonumber(entry.raw:match("^HTTP/%d%.%d (%d%d%d)"))
+      record.response_status = raw_status
+      self.last_activity = socket.gettime()
+      self:log_request(request, raw_status, started, "scripted raw response")
+      return self:send_scripted(conn, request, nil, entry)
+    end
     if entry.passthrough then
       response = self:call_api_handler(request, record)
     else
@@ -1192,6 +1389,9 @@ function Server:answer_api(conn, request, record, started)
   record.response_status = response.status
   self.last_activity = socket.gettime()
   self:log_request(request, response.status, started, entry and "scripted" or nil)
+  if entry then
+    return self:send_scripted(conn, request, response, entry)
+  end
   return self:send_response(conn, request, response)
 end
 
@@ -1294,38 +1494,108 @@ function Server:take_script_entry(request)
   return nil
 end
 
-local function validate_script_entry(entry, index)
-  local where = string.format("responses[%d]", index)
-  if type(entry) ~= "table" then
-    return nil, where .. " must be an object"
+local function is_present(value)
+  return value ~= nil and value ~= cjson.null
+end
+
+local function is_finite_number(value)
+  return type(value) == "number" and value == value and value ~= math.huge and value ~= -math.huge
+end
+
+-- Validates the `stream` field of a script entry. Returns {bytes, chunk,
+-- chunked}, or nil and a message.
+local function validate_stream(stream, where)
+  if type(stream) ~= "table" or stream[1] ~= nil then
+    return nil, where .. ".stream must be an object {bytes = N, chunk = \"x\", chunked = false}"
   end
-  local result = {}
-  for _, flag in ipairs({ "drop", "reset", "passthrough" }) do
+  local bytes = stream.bytes
+  if not is_integer(bytes) or bytes < 0 or bytes >= 2 ^ 53 then
+    return nil, where .. ".stream.bytes must be a whole number of bytes of at least 0"
+  end
+  local chunk = stream.chunk
+  if not is_present(chunk) then
+    chunk = "x"
+  elseif type(chunk) ~= "string" or chunk == "" then
+    return nil, where .. ".stream.chunk must be a non-empty string"
+  end
+  local chunked = stream.chunked
+  if not is_present(chunked) then
+    chunked = false
+  elseif type(chunked) ~= "boolean" then
+    return nil, where .. ".stream.chunked must be true or false"
+  end
+  return { bytes = bytes, chunk = chunk, chunked = chunked }
+end
+
+-- Validates the fields that shape how a script entry's response is sent:
+-- the flags, the timings, raw and stream. Copies them into result.
+-- Returns true, or nil and a message.
+local function validate_delivery(entry, where, result)
+  for _, flag in ipairs({ "drop", "reset", "passthrough", "close" }) do
     local value = entry[flag]
-    if value ~= nil and value ~= cjson.null then
+    if is_present(value) then
       if type(value) ~= "boolean" then
         return nil, string.format("%s.%s must be true or false", where, flag)
       end
       result[flag] = value
     end
   end
+  for _, name in ipairs({ "delay", "stall", "trickle" }) do
+    local value = entry[name]
+    if is_present(value) then
+      if not is_finite_number(value) or value < 0 then
+        return nil, string.format("%s.%s must be a number of seconds of at least 0", where, name)
+      end
+      result[name] = value
+    end
+  end
+  if is_present(entry.read_rate) then
+    if not is_finite_number(entry.read_rate) or entry.read_rate <= 0 then
+      return nil, where .. ".read_rate must be a number of bytes per second greater than 0"
+    end
+    result.read_rate = entry.read_rate
+  end
+  if is_present(entry.raw) then
+    if type(entry.raw) ~= "string" then
+      return nil, where .. ".raw must be a string of the bytes to send"
+    end
+    for _, other in ipairs({ "status", "headers", "body", "stream", "passthrough" }) do
+      if is_present(entry[other]) then
+        return nil, string.format("%s.raw cannot be combined with %s, because raw is the whole response",
+          where, other)
+      end
+    end
+    result.raw = entry.raw
+  end
+  if is_present(entry.stream) then
+    for _, other in ipairs({ "body", "passthrough" }) do
+      if is_present(entry[other]) then
+        return nil, string.format("%s.stream cannot be combined with %s, because stream is the body",
+          where, other)
+      end
+    end
+    local stream, err = validate_stream(entry.stream, where)
+    if not stream then
+      return nil, err
+    end
+    result.stream = stream
+  end
+  return true
+end
+
+-- Validates the status, headers and body of a script entry and copies them
+-- into result. Returns true, or nil and a message.
+local function validate_content(entry, where, result)
   local status = entry.status
-  if status == nil or status == cjson.null then
+  if not is_present(status) then
     status = 200
   end
   if not is_integer(status) or status < 200 or status > 599 then
     return nil, string.format("%s.status must be an integer from 200 to 599", where)
   end
   result.status = math.floor(status)
-  local delay = entry.delay
-  if delay ~= nil and delay ~= cjson.null then
-    if type(delay) ~= "number" or delay < 0 or delay ~= delay or delay == math.huge then
-      return nil, string.format("%s.delay must be a number of seconds of at least 0", where)
-    end
-    result.delay = delay
-  end
   local headers = {}
-  if entry.headers ~= nil and entry.headers ~= cjson.null then
+  if is_present(entry.headers) then
     if type(entry.headers) ~= "table" then
       return nil, where .. ".headers must be an object of header names to values"
     end
@@ -1343,7 +1613,7 @@ local function validate_script_entry(entry, index)
     end
   end
   local body = entry.body
-  if body == nil or body == cjson.null then
+  if not is_present(body) then
     body = ""
   elseif type(body) == "table" then
     body = json_encode(body)
@@ -1356,11 +1626,30 @@ local function validate_script_entry(entry, index)
       has_content_type = true
     end
   end
-  if body ~= "" and not has_content_type then
+  if (body ~= "" or result.stream) and not has_content_type then
     headers["Content-Type"] = "application/json"
   end
   result.headers = headers
   result.body = body
+  return true
+end
+
+-- Validates one entry of a script's responses and returns it in its stored
+-- form, or nil and a message naming the field.
+local function validate_script_entry(entry, index)
+  local where = string.format("responses[%d]", index)
+  if type(entry) ~= "table" then
+    return nil, where .. " must be an object"
+  end
+  local result = {}
+  local ok, err = validate_delivery(entry, where, result)
+  if not ok then
+    return nil, err
+  end
+  ok, err = validate_content(entry, where, result)
+  if not ok then
+    return nil, err
+  end
   return result
 end
 
