@@ -334,13 +334,16 @@ describe("TLS", function()
       assert(client:import_files(WORKFLOW_ID, fixtures.EXAMPLE_DIR, FAST_WAIT))
 
       local seen = {}
+      local posts = 0
       for _, entry in ipairs(log_since(server, skip, 5)) do
         if entry.method == "POST" then
+          posts = posts + 1
           assert.equal(1, entry.requests)
           assert.is_nil(seen[entry.connection])
           seen[entry.connection] = true
         end
       end
+      assert.equal(4, posts)
     end)
   end)
 
@@ -380,7 +383,7 @@ describe("TLS", function()
     end)
 
     it("for a ca_file holding no certificate", function()
-      local path = fixtures.write_temp("this is not a PEM certificate\n", ".pem")
+      local path = fixtures.write_temp("this is not a PEM certificate\n")
       local client = trusted_client { ca_file = path }
       local job, err = client.workflow.status("ds-bad-ca-file")
       os.remove(path)
@@ -436,7 +439,7 @@ local kw = require "kore_workflow"
 local client = kw.client { host = %q, api_key = os.getenv("KORE_API_KEY"), insecure = true }
 local job, err = client.workflow.status("ds-insecure-stderr")
 io.stdout:write(err and err.kind or "ok", "\n")
-]]):format(server.url), ".lua")
+]]):format(server.url))
       local lua = os.getenv("KORE_TEST_LUA") or "lua5.4"
       local result = run_with_key { "env", "LUA_PATH=lua/?.lua;lua/?/init.lua;;",
                                     "LUA_CPATH=build/?.so;;", lua, script }

@@ -291,7 +291,7 @@ local function start_on(executable, prefix, port, opts)
     port = port,
     cert = opts.cert,
     key = opts.key,
-    upstream = loopback_upstream(opts.upstream),
+    upstream = opts.upstream_address,
   }))
   os.remove(prefix .. "/error.log")
   os.remove(prefix .. "/nginx.pid")
@@ -347,13 +347,18 @@ function nginx.start(opts)
     error("nginx is not installed; `make test` installs it (Debian package nginx)", 2)
   end
   assert(opts.cert and opts.key and opts.upstream, "nginx.start needs cert, key and upstream")
+  local settings = {
+    cert = opts.cert,
+    key = opts.key,
+    upstream_address = loopback_upstream(opts.upstream),
+  }
   local log
   for _ = 1, PORT_ATTEMPTS do
     local prefix = os.tmpname()
     os.remove(prefix)
     assert(succeeded(os.execute("mkdir -m 700 " .. shell_quote(prefix))), "cannot create " .. prefix)
     local server, port_in_use
-    server, log, port_in_use = start_on(executable, prefix, free_port(), opts)
+    server, log, port_in_use = start_on(executable, prefix, free_port(), settings)
     if server then
       return server
     end
