@@ -878,7 +878,8 @@ describe("mock emulator fault scripts", function()
 
   describe("close", function()
     it("closes after a built response", function()
-      emu:script({ path = "/api/public/dock-status/ds-close", responses = { { status = 200, body = "{}", close = true } } })
+      emu:script({ path = "/api/public/dock-status/ds-close",
+        responses = { { status = 200, body = "{}", close = true } } })
       local sock = connect(emu)
       sock:send(status_request("ds-close"))
       local status, headers, body = read_response(sock)
@@ -995,7 +996,7 @@ describe("mock emulator fault scripts", function()
       read_head(sock)
       assert(sock:receive(100000))
       sock:close()
-      -- The emulator must still answer, so the abandoned stream did not block it.
+      -- A prompt reply to the next request shows that the abandoned stream does not block the emulator.
       local started = socket.gettime()
       local status = api(emu, "GET", "/api/public/dock-status/ds-after-huge")
       local elapsed = socket.gettime() - started
@@ -1079,7 +1080,7 @@ describe("mock emulator fault scripts", function()
     end)
 
     it("serves more connections in turn than max_connections", function()
-      -- The default max_connections is 200; closed connections must free their places.
+      -- The default max_connections is 200, so this passes only when closed connections free their places.
       for i = 1, 210 do
         local sock = connect(emu)
         sock:settimeout(2)

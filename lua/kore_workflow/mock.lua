@@ -520,14 +520,14 @@ function Connection:read_allowance(max_bytes)
   local rate = self.read_rate
   -- Waiting for a slice of about 1/20 s of data keeps the rate even without
   -- a wake-up per byte.
-  local wanted = math.min(max_bytes, math.max(1, math.floor(rate / 20)))
+  local slice = math.min(max_bytes, math.max(1, math.floor(rate / 20)))
   while true do
     local now = socket.gettime()
     local allowed = math.floor((now - self.rate_started) * rate) - self.rate_bytes
-    if allowed >= wanted then
+    if allowed >= slice then
       return math.min(allowed, max_bytes)
     end
-    self:sleep(self.rate_started + (self.rate_bytes + wanted) / rate - now)
+    self:sleep(self.rate_started + (self.rate_bytes + slice) / rate - now)
   end
 end
 
