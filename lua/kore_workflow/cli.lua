@@ -776,8 +776,20 @@ local function error_fields(err)
   }
 end
 
+-- Rewrites the library's Lua option names in a hint into this tool's
+-- options, so a TLS hint tells the user to pass --ca-file.
+local function command_line_hint(err)
+  if type(err.hint) ~= "string" then
+    return
+  end
+  local hint = err.hint:gsub("ca_file = ", "--ca-file "):gsub("ca_file", "--ca-file")
+  hint = hint:gsub("the timeout option", "--timeout")
+  err.hint = hint
+end
+
 -- Prints a library error (a kore_workflow error table) and returns the exit status.
 local function report_error(ctx, err)
+  command_line_hint(err)
   local job = type(err.job) == "table" and err.job or nil
   if ctx.json then
     ctx:emit_json({ ok = false, error = error_fields(err), job = job })

@@ -11,7 +11,13 @@ fixtures.EXAMPLE_DIR = "examples/banking-assistant"
 
 -- Returns the path of a new file holding content.
 function fixtures.write_temp(content, suffix)
-  local path = os.tmpname() .. (suffix or "")
+  local base = os.tmpname()
+  local path = base
+  if suffix then
+    -- os.tmpname created the base file; only the suffixed name is used.
+    os.remove(base)
+    path = base .. suffix
+  end
   local handle = assert(io.open(path, "wb"))
   handle:write(content)
   handle:close()
