@@ -210,6 +210,24 @@ describe("client", function()
       assert.is_false(fixtures.has_userdata(status))
     end)
 
+    it("keeps integral numbers integral", function()
+      emu:script { method = "GET", path = "/api/public/dock-status/ds-numbers", responses = {
+        { status = 200, headers = { ["Content-Type"] = "application/json" },
+          body = '{"_id":"ds-numbers","status":"IN_PROGRESS","percentageComplete":50,'
+            .. '"counts":[1,2.5,9007199254740992],"ratio":0.25}' } } }
+      local status = assert(client.workflow.status("ds-numbers"))
+      assert.equal("50", tostring(status.percentageComplete))
+      assert.equal("1", tostring(status.counts[1]))
+      assert.equal("2.5", tostring(status.counts[2]))
+      assert.equal("9007199254740992", ("%.0f"):format(status.counts[3]))
+      assert.equal("0.25", tostring(status.ratio))
+      assert.equal("/api/public/dock-status/50", (function()
+        client.workflow.status(status.percentageComplete)
+        local requests = api_requests(emu)
+        return requests[#requests].path
+      end)())
+    end)
+
     it("formats a numeric id without a fraction", function()
       client.workflow.status(42)
       assert.equal("/api/public/dock-status/42", api_requests(emu)[1].path)
