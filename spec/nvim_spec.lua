@@ -177,6 +177,13 @@ describe("Neovim host adapter", function()
     assert.matches("outside a coroutine of kore_workflow.nvim.run", result.foreign_message, 1, true)
   end)
 
+  it("starts fn in the main loop", function()
+    local result = run_case("run_from_libuv_callback")
+
+    assert.is_nil(result.err)
+    assert.equal("written by fn", result.line)
+  end)
+
   it("reports a yield outside sleep", function()
     local result = run_case("foreign_yield")
 

@@ -112,10 +112,10 @@ end
 --- error, on_done receives nil and the error as a string with a traceback.
 --- on_done runs through vim.schedule, so it may call any vim.api function.
 --- Without on_done, an error, or a nil, err result of fn, goes to vim.notify.
---- fn starts at once, unless run is called inside a libuv callback, when it
---- starts in the main loop.
----@param fn fun(): ...
----@param on_done fun(...)|nil
+--- Called inside a libuv callback, run starts fn later in the main loop.
+--- Elsewhere fn starts at once.
+---@param fn function
+---@param on_done fun(...: any)|nil
 function M.run(fn, on_done)
   if type(fn) ~= "function" then
     error("bad argument #1 (fn) to 'kore_workflow.nvim.run' (function expected, got "
@@ -145,7 +145,7 @@ function M.client(options)
 end
 
 --- Runs client:import_files(workflow_id, source, options) through M.run and
---- returns at once; on_done receives the final job, or nil and the error.
+--- returns at once. on_done receives the final job, or nil and the error.
 ---@param client table a client from M.client
 ---@param workflow_id string
 ---@param source string|table export directory, or { workflow_data, flow_data, env_variables }

@@ -187,6 +187,22 @@ function cases.sleep_outside_run()
   }
 end
 
+-- Calls run from a libuv timer callback with an fn that uses vim.api, which
+-- raises inside such a callback unless run moves fn to the main loop.
+function cases.run_from_libuv_callback()
+  local kwn = require "kore_workflow.nvim"
+  local timer = uv.new_timer()
+  timer:start(0, 0, function()
+    timer:close()
+    kwn.run(function()
+      vim.api.nvim_buf_set_lines(0, 0, -1, false, { "written by fn" })
+      return vim.api.nvim_buf_get_lines(0, 0, -1, false)[1]
+    end, function(line, err)
+      finish { line = line, err = err ~= nil and describe_error(err) or nil }
+    end)
+  end)
+end
+
 -- Yields from fn with coroutine.yield, which the adapter cannot resume.
 function cases.foreign_yield()
   local kwn = require "kore_workflow.nvim"
