@@ -33,6 +33,8 @@ build = {
     },
     ["kore_workflow"] = "lua/kore_workflow/init.lua",
     ["kore_workflow.waiter"] = "lua/kore_workflow/waiter.lua",
+    ["kore_workflow.scheduler"] = "lua/kore_workflow/scheduler.lua",
+    ["kore_workflow.nvim"] = "lua/kore_workflow/nvim.lua",
     ["kore_workflow.cli"] = "lua/kore_workflow/cli.lua",
     ["kore_workflow.mock"] = "lua/kore_workflow/mock.lua",
     ["kore_workflow.mock_cli"] = "lua/kore_workflow/mock_cli.lua",
