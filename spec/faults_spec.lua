@@ -370,6 +370,8 @@ describe("faults", function()
       assert.is_true(err.rate_limited)
       assert.is_true(elapsed >= 9, ("ended after %.2f s"):format(elapsed))
       assert.is_true(elapsed < 13, ("ended after %.2f s"):format(elapsed))
+      -- The server allows no second request before the deadline, so none is sent.
+      assert.equal(1, #requests_to(emu))
     end)
 
     fault("503 backoff is capped with full jitter", function()
