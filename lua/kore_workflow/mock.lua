@@ -31,12 +31,12 @@
 -- body, so a connection that fails while sending its body still uses it up.
 -- Every field of an entry is optional:
 --   status (200), headers, body (a string, or a JSON value to encode): the
---     response. A non-empty body gets Content-Type application/json unless
---     headers name one;
---   delay: seconds to wait after reading the request before answering;
---   drop, reset: close the connection without answering, with a FIN, or with
---     a TCP RST for reset;
---   passthrough: answer as the emulator would without a script (after delay);
+--     response. A non-empty body or a stream gets Content-Type
+--     application/json unless headers name one;
+--   delay: seconds to wait after reading the request before responding;
+--   drop, reset: close the connection without a response, with a FIN, or
+--     with a TCP RST for reset;
+--   passthrough: respond as the emulator would without a script (after delay);
 --   raw: a string written to the socket verbatim in place of a built
 --     response, so a test can send a false Content-Length, a truncated
 --     chunked body or a malformed status line. Excludes status, headers,
@@ -44,13 +44,13 @@
 --     empty line counts as the head for stall and trickle. Without close, the
 --     connection then waits for the next request;
 --   close: true closes the connection after the response is written, and a
---     built response says "Connection: close";
+--     built response carries the header "Connection: close";
 --   stall: seconds to wait between writing the head and the body;
 --   trickle: send the body one byte at a time, this many seconds apart;
 --   stream: {bytes = N, chunk = "x", chunked = false}: a body of N bytes made
 --     of chunk repeated, generated while it is sent so that it never sits in
 --     memory whole. It has a Content-Length unless chunked is true, when it
---     goes out with Transfer-Encoding chunked. Excludes body;
+--     goes out with Transfer-Encoding chunked. Excludes body and passthrough;
 --   read_rate: bytes per second at which the request body is read, so that an
 --     upload can be slow but moving. The first read may take up to 64 KiB
 --     that arrived with the request head.
