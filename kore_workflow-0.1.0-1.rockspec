@@ -35,6 +35,7 @@ build = {
     ["kore_workflow.waiter"] = "lua/kore_workflow/waiter.lua",
     ["kore_workflow.scheduler"] = "lua/kore_workflow/scheduler.lua",
     ["kore_workflow.nvim"] = "lua/kore_workflow/nvim.lua",
+    ["kore_workflow.openresty"] = "lua/kore_workflow/openresty.lua",
     ["kore_workflow.cli"] = "lua/kore_workflow/cli.lua",
     ["kore_workflow.mock"] = "lua/kore_workflow/mock.lua",
     ["kore_workflow.mock_cli"] = "lua/kore_workflow/mock_cli.lua",
