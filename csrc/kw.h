@@ -55,7 +55,7 @@ typedef enum kw_result_kind {
 } kw_result_kind;
 
 /* Flags of an endpoint. */
-#define KW_IDEMPOTENT 0x1u       /* safe to resend after any failure */
+#define KW_IDEMPOTENT 0x1u       /* safe to resend after any failure, such as a GET */
 #define KW_ID_ACCEPTS_NUMBER 0x2u /* the path id may be an integral number */
 
 /* One API call, described as data. */
@@ -133,6 +133,9 @@ typedef struct kw_request {
   char *location;
   long long retry_after;  /* seconds, negative when the server sent none */
   int request_sent;       /* the connection was made and sending had begun */
+  long long progress_bytes;  /* bytes moved both ways at the last progress change */
+  long long progress_at_ms;  /* monotonic time of that change */
+  int stalled;            /* aborted because no byte moved for the stall limit */
   kw_buf log;             /* verbose log lines, filled by the debug callback */
   CURL *own_easy;         /* a stepped request's own handle, NULL for blocking ones */
   int client_ref;         /* keeps the client alive while a stepped request lives */

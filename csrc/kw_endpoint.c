@@ -31,7 +31,8 @@ const kw_endpoint kw_endpoints[] = {
     "/api/public/files", NULL,
     "file", "upload of file",
     KW_BODY_FILE, no_fields, no_fields,
-    KW_RESULT_FILE, 0
+    /* A repeated upload only leaves an unused file id, so it may be resent. */
+    KW_RESULT_FILE, KW_IDEMPOTENT
   },
   { NULL, NULL, NULL, NULL, NULL, NULL, NULL, KW_BODY_NONE, NULL, NULL,
     KW_RESULT_JOB, 0 }

@@ -104,17 +104,16 @@ int kw_error_push(lua_State *L, const kw_client *client, const kw_error_info *in
     lua_setfield(L, -2, "retry_after");
   }
   if (info->excerpt != NULL && info->excerpt_len > 0) {
+    /* Redacted before the cut, so that no start of a key cut in two shows. */
     luaL_Buffer b;
+    size_t n;
+    const char *redacted;
 
+    kw_redact(L, client, info->excerpt, info->excerpt_len);
+    redacted = lua_tolstring(L, -1, &n);
     luaL_buffinit(L, &b);
-    kw_sanitise(&b, info->excerpt, info->excerpt_len, KW_EXCERPT_LENGTH);
+    kw_sanitise(&b, redacted, n, KW_EXCERPT_LENGTH);
     luaL_pushresult(&b);
-    {
-      size_t n;
-      const char *s = lua_tolstring(L, -1, &n);
-
-      kw_redact(L, client, s, n);
-    }
     lua_remove(L, -2);
     lua_setfield(L, -2, "body");
   }

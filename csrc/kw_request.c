@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "kw.h"
 
@@ -520,12 +521,46 @@ static size_t on_body(char *data, size_t size, size_t count, void *userdata)
   return n;
 }
 
+static long long monotonic_ms(void)
+{
+  struct timespec now;
+
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+}
+
+/*
+ * CURLOPT_XFERINFOFUNCTION: aborts the transfer once no byte has moved in
+ * either direction for the stall limit. libcurl's own low-speed check
+ * averages over a window of several seconds, so a stall after some bytes
+ * had moved was noticed seconds late.
+ */
+static int on_progress(void *userdata, curl_off_t dltotal, curl_off_t dlnow,
+                       curl_off_t ultotal, curl_off_t ulnow)
+{
+  kw_request *req = userdata;
+  long long moved = (long long)dlnow + (long long)ulnow;
+  long long now = monotonic_ms();
+
+  (void)dltotal;
+  (void)ultotal;
+  if (moved != req->progress_bytes) {
+    req->progress_bytes = moved;
+    req->progress_at_ms = now;
+    return 0;
+  }
+  if (now - req->progress_at_ms >= req->limits.stall_timeout_ms) {
+    req->stalled = 1;
+    return 1;
+  }
+  return 0;
+}
+
 /* Sets every option of the transfer on easy; the handle keeps its connections. */
 void kw_request_setup_easy(kw_request *req, CURL *easy)
 {
   const kw_client *client = req->client;
   const kw_limits *limits = &req->limits;
-  long stall_seconds = (limits->stall_timeout_ms + 999) / 1000;
 
   curl_easy_reset(easy);
   req->errbuf[0] = '\0';
@@ -560,8 +595,11 @@ void kw_request_setup_easy(kw_request *req, CURL *easy)
   curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, limits->connect_timeout_ms);
   if (limits->timeout_ms > 0)
     curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, limits->timeout_ms);
-  curl_easy_setopt(easy, CURLOPT_LOW_SPEED_LIMIT, 1L);
-  curl_easy_setopt(easy, CURLOPT_LOW_SPEED_TIME, stall_seconds > 0 ? stall_seconds : 1L);
+  req->progress_bytes = -1;
+  req->stalled = 0;
+  curl_easy_setopt(easy, CURLOPT_XFERINFOFUNCTION, on_progress);
+  curl_easy_setopt(easy, CURLOPT_XFERINFODATA, req);
+  curl_easy_setopt(easy, CURLOPT_NOPROGRESS, 0L);
 
   if (req->endpoint->body == KW_BODY_JSON) {
     curl_easy_setopt(easy, CURLOPT_POSTFIELDS, req->body);

@@ -4,10 +4,12 @@
  * what to do next.
  */
 #include <ctype.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "kw.h"
 
+/* Returns nil and an error; only http and redirect errors carry the HTTP status. */
 static int failure(lua_State *L, kw_request *req, const char *kind,
                    const char *message, const char *hint, int retryable)
 {
@@ -17,7 +19,7 @@ static int failure(lua_State *L, kw_request *req, const char *kind,
   info.kind = kind;
   info.message = message;
   info.hint = hint;
-  info.status = req->status;
+  info.status = strcmp(kind, "redirect") == 0 ? req->status : 0;
   info.retryable = retryable;
   info.id = req->id;
   info.retry_after = req->retry_after >= 0 ? (double)req->retry_after : -1;
@@ -37,15 +39,33 @@ static const char *subject(lua_State *L, const kw_request *req)
   return lua_tostring(L, -1);
 }
 
-static const char *curl_detail(lua_State *L, const kw_request *req)
+/*
+ * Pushes a printable excerpt of at most max bytes of text that the server
+ * chose. The API key is redacted before the text is cut, because a key cut
+ * in two by the excerpt's end no longer matches for the redaction of the
+ * whole message, and its start would show.
+ */
+static const char *push_excerpt(lua_State *L, const kw_request *req, const char *text,
+                                size_t len, size_t max)
 {
   luaL_Buffer b;
+  const char *redacted;
+  size_t n;
+
+  kw_redact(L, req->client, text, len);
+  redacted = lua_tolstring(L, -1, &n);
+  luaL_buffinit(L, &b);
+  kw_sanitise(&b, redacted, n, max);
+  luaL_pushresult(&b);
+  lua_remove(L, -2);
+  return lua_tostring(L, -1);
+}
+
+static const char *curl_detail(lua_State *L, const kw_request *req)
+{
   const char *text = req->errbuf[0] != '\0' ? req->errbuf : curl_easy_strerror(req->code);
 
-  luaL_buffinit(L, &b);
-  kw_sanitise(&b, text, strlen(text), 300);
-  luaL_pushresult(&b);
-  return lua_tostring(L, -1);
+  return push_excerpt(L, req, text, strlen(text), 300);
 }
 
 static int is_tls_error(CURLcode code)
@@ -80,6 +100,11 @@ static int transfer_failure(lua_State *L, kw_request *req)
 
   if (req->code == CURLE_WRITE_ERROR && req->response.overflowed)
     req->code = CURLE_FILESIZE_EXCEEDED;
+  if (req->code == CURLE_ABORTED_BY_CALLBACK && req->stalled) {
+    req->code = CURLE_OPERATION_TIMEDOUT;
+    seconds = req->limits.stall_timeout_ms / 1000.0;
+    detail = lua_pushfstring(L, "no data moved for %f s, the stall_timeout limit", seconds);
+  }
 
   switch (req->code) {
   case CURLE_COULDNT_RESOLVE_HOST:
@@ -89,12 +114,16 @@ static int transfer_failure(lua_State *L, kw_request *req)
                    lua_pushfstring(L, "%s failed: cannot connect to %s (%s)", what,
                                    req->client->base_url, detail),
                    "check the host and that the service is reachable, then retry", 1);
-  case CURLE_FILESIZE_EXCEEDED:
+  case CURLE_FILESIZE_EXCEEDED: {
+    /* max_response may be up to 1e12, past what %d of lua_pushfstring prints. */
+    char limit[32];
+
+    snprintf(limit, sizeof(limit), "%zu", req->limits.max_response);
     return failure(L, req, "invalid_response",
                    lua_pushfstring(L, "%s failed: the response is larger than the "
-                                   "limit of %d bytes", what,
-                                   (int)req->limits.max_response),
+                                   "limit of %s bytes", what, limit),
                    "raise the max_response option if such a large response is expected", 0);
+  }
   case CURLE_BAD_CONTENT_ENCODING:
     return failure(L, req, "invalid_response",
                    lua_pushfstring(L, "%s failed: the response body cannot be decoded "
@@ -127,8 +156,8 @@ static int transfer_failure(lua_State *L, kw_request *req)
                    "do not resend it blindly; check the workflow's jobs or versions first", 0);
   }
   if (req->code == CURLE_OPERATION_TIMEDOUT) {
-    const char *message = req->limits.timeout_ms > 0
-      ? lua_pushfstring(L, "%s timed out (%s; limit %f s)", what, detail, seconds)
+    const char *message = req->limits.timeout_ms > 0 && !req->stalled
+      ? lua_pushfstring(L, "%s timed out (%s; timeout limit %f s)", what, detail, seconds)
       : lua_pushfstring(L, "%s timed out (%s)", what, detail);
     return failure(L, req, "timeout", message,
                    "the server did not respond in time; retry, or raise the timeout option", 1);
@@ -174,11 +203,8 @@ static void push_server_message(lua_State *L, kw_request *req, int codec_index)
     if (lua_type(L, -1) == LUA_TSTRING) {
       size_t n;
       const char *s = lua_tolstring(L, -1, &n);
-      luaL_Buffer b;
 
-      luaL_buffinit(L, &b);
-      kw_sanitise(&b, s, n, 300);
-      luaL_pushresult(&b);
+      push_excerpt(L, req, s, n, 300);
       lua_replace(L, top + 1);
       lua_settop(L, top + 1);
       return;
@@ -203,10 +229,14 @@ static const char *status_hint(lua_State *L, const kw_request *req)
   case 409:
     return "the request conflicts with the current state; check names and running jobs";
   case 429:
-    return req->retry_after >= 0
-      ? lua_pushfstring(L, "the server is rate limiting; retry after %d s",
-                        (int)req->retry_after)
-      : "the server is rate limiting; retry later";
+    if (req->retry_after >= 0) {
+      /* Retry-After may pass INT_MAX, which %d of lua_pushfstring cannot print. */
+      char seconds[32];
+
+      snprintf(seconds, sizeof(seconds), "%lld", req->retry_after);
+      return lua_pushfstring(L, "the server is rate limiting; retry after %s s", seconds);
+    }
+    return "the server is rate limiting; retry later";
   default:
     break;
   }
@@ -232,17 +262,10 @@ static int http_failure(lua_State *L, kw_request *req, int codec_index)
   int top;
 
   if (req->status >= 300 && req->status < 400) {
-    luaL_Buffer b;
-
-    luaL_buffinit(L, &b);
-    if (req->location != NULL) {
-      size_t n = strcspn(req->location, "?#");
-
-      kw_sanitise(&b, req->location, n, 300);
-    } else {
-      luaL_addstring(&b, "no Location");
-    }
-    luaL_pushresult(&b);
+    if (req->location != NULL)
+      push_excerpt(L, req, req->location, strcspn(req->location, "?#"), 300);
+    else
+      lua_pushliteral(L, "no Location");
     return failure(L, req, "redirect",
                    lua_pushfstring(L, "%s got an unexpected redirect (HTTP %d) to %s",
                                    what, (int)req->status, lua_tostring(L, -1)),
@@ -338,7 +361,8 @@ int kw_request_push_result(lua_State *L, kw_request *req, int codec_index)
   if (req->content_type != NULL && !contains_json(req->content_type))
     return invalid_body(L, req, lua_pushfstring(L, "expected JSON but got HTTP %d "
                                                 "with Content-Type %s", (int)req->status,
-                                                req->content_type));
+                                                push_excerpt(L, req, req->content_type,
+                                                             strlen(req->content_type), 100)));
   if (req->response.len == 0)
     return invalid_body(L, req, lua_pushfstring(L, "HTTP %d with an empty body",
                                                 (int)req->status));
