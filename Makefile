@@ -1,12 +1,19 @@
 # kore_workflow: `make demo` runs the example import against the bundled
-# emulator; `make test` runs luacheck and the busted specs. Both install the
-# Debian packages they need first (as root) and build the C core.
+# emulator; `make test` runs luacheck and the busted specs, then the specs
+# again under AddressSanitizer and UndefinedBehaviorSanitizer and under
+# valgrind, then a short run of each fuzz target. Both install the Debian
+# packages they need first (as root) and build the C core.
 
 LUA ?= lua5.4
 LUA_VERSION ?= 5.4
 BUILD ?= build
 
-.PHONY: all build deps deps-demo demo test lint specs clean
+# Seconds per fuzz target: fuzz-short runs inside `make test`, fuzz-long by hand.
+FUZZ_SHORT_SECONDS ?= 25
+FUZZ_LONG_SECONDS ?= 600
+
+.PHONY: all build deps deps-demo demo test lint specs test-asan test-valgrind \
+	fuzz-short fuzz-long clean
 
 all: build
 
@@ -32,10 +39,25 @@ lint:
 specs:
 	scripts/run-specs $(LUA)
 
+test-asan:
+	scripts/test-asan $(LUA) $(LUA_VERSION)
+
+test-valgrind: build
+	scripts/test-valgrind $(LUA) $(BUILD)
+
+fuzz-short:
+	LUA_VERSION=$(LUA_VERSION) scripts/fuzz $(FUZZ_SHORT_SECONDS)
+
+fuzz-long:
+	LUA_VERSION=$(LUA_VERSION) scripts/fuzz $(FUZZ_LONG_SECONDS)
+
 test: deps
 	$(MAKE) --no-print-directory build
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory specs
+	$(MAKE) --no-print-directory test-asan
+	$(MAKE) --no-print-directory test-valgrind
+	$(MAKE) --no-print-directory fuzz-short
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) build-asan build-valgrind build-fuzz
