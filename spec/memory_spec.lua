@@ -22,6 +22,8 @@ local probe = dofile("scripts/memory-probe.lua")
 local KEY = fixtures.TEST_KEY
 local WORKFLOW_ID = fixtures.WORKFLOW_ID
 local MEMCHECK = os.getenv("KORE_TEST_MEMCHECK")
+-- The interpreter of the fresh processes, as for the emulator (spec/support/emulator.lua).
+local LUA = os.getenv("KORE_TEST_LUA") or "lua5.4"
 
 local BAD_CALLS = 100000
 local BAD_CALLS_WARM_UP = 10000
@@ -56,8 +58,8 @@ end
 -- before and after, and the count it printed.
 local function run_probe(mode, count, warm_up, extra_cpath)
   local cpath = (extra_cpath and extra_cpath .. ";" or "") .. package.cpath
-  local command = string.format("LUA_PATH=%s LUA_CPATH=%s lua5.4 scripts/memory-probe.lua %s %d %d",
-    shell_quote(package.path), shell_quote(cpath), mode, count, warm_up)
+  local command = string.format("LUA_PATH=%s LUA_CPATH=%s %s scripts/memory-probe.lua %s %d %d",
+    shell_quote(package.path), shell_quote(cpath), shell_quote(LUA), mode, count, warm_up)
   local handle = assert(io.popen(command .. " 2>&1"))
   local output = handle:read("*a")
   handle:close()
@@ -129,8 +131,9 @@ describe("memory", function()
     -- memcheck_canary.leak(100) drops a malloc'd block of 100 bytes, as a
     -- leak in the C core would.
     local dir = fixtures.temp_dir()
-    assert(os.execute(("gcc -O2 -fPIC -shared $(pkg-config --cflags lua5.4) -o %s "
-      .. "scripts/memcheck-canary.c"):format(shell_quote(dir .. "/memcheck_canary.so"))))
+    -- Debian names the pkg-config package of each Lua after its interpreter.
+    assert(os.execute(("gcc -O2 -fPIC -shared $(pkg-config --cflags %s) -o %s "
+      .. "scripts/memcheck-canary.c"):format(shell_quote(LUA), shell_quote(dir .. "/memcheck_canary.so"))))
     local before, after, raised = run_probe("leak", BAD_CALLS, BAD_CALLS_WARM_UP, dir .. "/?.so")
     os.execute("rm -rf " .. shell_quote(dir))
     report(BAD_CALLS .. " bad calls leaking 100 bytes each", before, after)
