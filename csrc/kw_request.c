@@ -186,6 +186,8 @@ static void check_id(lua_State *L, kw_request *req, int arg, const char *fname)
   id = lua_tolstring(L, arg, &len);
   if (len == 0)
     kw_argerror(L, arg, fname, argname, "must not be empty");
+  if (memchr(id, '\0', len) != NULL)
+    kw_argerror(L, arg, fname, argname, "must not contain a NUL byte");
   if (strcmp(id, ".") == 0 || strcmp(id, "..") == 0)
     kw_argerror(L, arg, fname, argname,
                 "'%s' is not a valid id because it is a relative path segment", id);
@@ -484,6 +486,8 @@ int kw_request_prepare(lua_State *L, kw_request *req, int first_arg)
       kw_argerror(L, arg, fname, "path", "non-empty string expected, got %s",
                   luaL_typename(L, arg));
     path = lua_tolstring(L, arg, &n);
+    if (memchr(path, '\0', n) != NULL)
+      kw_argerror(L, arg, fname, "path", "must not contain a NUL byte");
     req->file_path = dup_or_raise(L, path, n);
     req->id = dup_or_raise(L, path, n);
     arg++;

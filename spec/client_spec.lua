@@ -136,6 +136,7 @@ describe("client", function()
       { id = "..", pattern = "relative path segment" },
       { id = ".", pattern = "relative path segment" },
       { id = "", pattern = "must not be empty" },
+      { id = "a-1\0/../x", pattern = "NUL byte" },
       { id = 42, pattern = "string expected, got number" },
       { id = nil, pattern = "string expected, got nil" },
     } do
