@@ -10,6 +10,7 @@
 #define KW_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 #include <curl/curl.h>
 
@@ -46,17 +47,43 @@ void kw_buf_free(kw_buf *buf);
 typedef enum kw_body_kind {
   KW_BODY_NONE,
   KW_BODY_JSON,
-  KW_BODY_FILE
+  KW_BODY_FILE,   /* multipart: a whole file streamed from disk, and fileContext */
+  KW_BODY_CHUNK,  /* multipart: a byte range of a file streamed from disk, and chunkNumber */
+  KW_BODY_DATA,   /* multipart: bytes given as a Lua string, and fileContext */
+  KW_BODY_DOWNLOAD /* no body; the response is streamed into a file */
 } kw_body_kind;
 
 typedef enum kw_result_kind {
   KW_RESULT_JOB,
-  KW_RESULT_FILE
+  KW_RESULT_FILE,
+  KW_RESULT_OBJECT,   /* any JSON object; normalised as a job when it has a job id */
+  KW_RESULT_SESSION,  /* an upload session: sessionId required */
+  KW_RESULT_DOWNLOAD  /* { path, bytes, content_type } of the saved file */
 } kw_result_kind;
+
+typedef enum kw_field_type {
+  KW_STRING,
+  KW_INTEGER,
+  KW_BOOLEAN,
+  KW_TABLE
+} kw_field_type;
+
+#define KW_FIELD_REQUIRED 0x1u
+#define KW_FIELD_QUERY 0x2u  /* sent in the query string instead of the body */
+#define KW_FIELD_LOCAL 0x4u  /* read by the client itself, never sent as is */
+
+/* A field of the fields table argument, with its type and where it goes. */
+typedef struct kw_field {
+  const char *name;       /* key in the Lua table */
+  const char *json_name;  /* name in the JSON body or the query string */
+  kw_field_type type;
+  unsigned flags;
+} kw_field;
 
 /* Flags of an endpoint. */
 #define KW_IDEMPOTENT 0x1u       /* safe to resend after any failure, such as a GET */
 #define KW_ID_ACCEPTS_NUMBER 0x2u /* the path id may be an integral number */
+#define KW_FIELDS_OPTIONAL 0x4u   /* the fields table argument may be nil */
 
 /* One API call, described as data. */
 typedef struct kw_endpoint {
@@ -72,6 +99,7 @@ typedef struct kw_endpoint {
   const char *const *optional;  /* JSON body fields that may be strings */
   kw_result_kind result;
   unsigned flags;
+  const kw_field *fields;       /* typed fields; when set, they replace required/optional */
 } kw_endpoint;
 
 extern const kw_endpoint kw_endpoints[];
@@ -124,6 +152,15 @@ typedef struct kw_request {
   char *file_path;
   char *file_context;
   char *file_name;
+  char *query;          /* "?name=value&..." or NULL */
+  char *chunk_number;   /* decimal text of the chunk number */
+  long long range_offset; /* a chunk's first byte in file_path */
+  long long range_length; /* a chunk's length, or -1 for the whole file */
+  FILE *file;           /* the open file of a chunk, or of a download */
+  char *download_path;  /* the file a download is written to */
+  char *download_part;  /* the temporary file the download is written to first */
+  long long downloaded;
+  int send_key;         /* 0 when a download goes to another origin */
   curl_mime *mime;
   kw_limits limits;
   kw_buf response;
@@ -144,6 +181,21 @@ typedef struct kw_request {
   char errbuf[CURL_ERROR_SIZE];
   int performed;
 } kw_request;
+
+/* kw_zip.c */
+int kw_zip_read(lua_State *L);
+
+/* kw_body.c */
+void kw_body_check_fields(lua_State *L, kw_request *req, int arg, const char *fname);
+int kw_body_prepare_chunk(lua_State *L, kw_request *req, int fields);
+void kw_body_prepare_data(lua_State *L, kw_request *req, int name_arg, int data_arg,
+                          const char *fname);
+int kw_body_prepare_download(lua_State *L, kw_request *req, int url_arg, int path_arg,
+                             const char *fname);
+void kw_body_release(kw_request *req);
+int kw_body_finish_download(kw_request *req);
+size_t kw_body_on_download(char *data, size_t size, size_t count, void *userdata);
+char *kw_strdup_or_raise(lua_State *L, const char *s, size_t n);
 
 /* kw_core.c */
 kw_client *kw_client_check(lua_State *L, int index);

@@ -383,7 +383,9 @@ static int core_new_client(lua_State *L)
 /* Number of Lua arguments the endpoint takes, the options table included. */
 static int endpoint_arity(const kw_endpoint *ep)
 {
-  return (ep->path_suffix != NULL) + (ep->body != KW_BODY_NONE) + 1;
+  if (ep->body == KW_BODY_DOWNLOAD || ep->body == KW_BODY_DATA)
+    return 3;
+  return (ep->path_suffix != NULL) + (ep->body != KW_BODY_NONE || ep->fields != NULL) + 1;
 }
 
 /* The function behind every bound API call; upvalues: client handle, endpoint. */
@@ -562,6 +564,7 @@ int luaopen_kore_workflow_core(lua_State *L)
     { "sleep", core_sleep },
     { "isatty", core_isatty },
     { "random", core_random },
+    { "zip_read", kw_zip_read },
     { NULL, NULL }
   };
   static int curl_ready = 0;

@@ -9,6 +9,8 @@
 
 #include "kw.h"
 
+#define KW_MIN_REDACTED_KEY 6
+
 int kw_argerror(lua_State *L, int arg, const char *fname, const char *argname,
                 const char *fmt, ...)
 {
@@ -59,7 +61,8 @@ void kw_redact(lua_State *L, const kw_client *client, const char *text, size_t l
   luaL_Buffer b;
   size_t i = 0;
 
-  if (key_len == 0) {
+  /* A key of a few bytes would mangle every message and hides no secret. */
+  if (key_len < KW_MIN_REDACTED_KEY) {
     lua_pushlstring(L, text, len);
     return;
   }

@@ -79,6 +79,7 @@ static void request_release(kw_request *req)
   curl_mime_free(req->mime);
   free(req->content_type);
   free(req->location);
+  kw_body_release(req);
   kw_buf_free(&req->response);
   kw_buf_free(&req->log);
   req->url = req->path = req->id = NULL;
@@ -122,6 +123,8 @@ kw_request *kw_request_new(lua_State *L, int client_index,
   req->client = client;
   req->client_ref = LUA_NOREF;
   req->state = KW_REQUEST_BUILT;
+  req->send_key = 1;
+  req->range_length = -1;
   kw_buf_init(&req->response, client->max_response);
   kw_log_init(req);
   kw_setmetatable(L, KW_REQUEST_MT);
@@ -212,7 +215,8 @@ static void build_url(lua_State *L, kw_request *req, const char *escaped)
   luaL_pushresult(&b);
   path = lua_tolstring(L, -1, &n);
   req->path = dup_or_raise(L, path, n);
-  lua_pushfstring(L, "%s%s", req->client->base_url, path);
+  lua_pushfstring(L, "%s%s%s", req->client->base_url, path,
+                  req->query != NULL ? req->query : "");
   path = lua_tolstring(L, -1, &n);
   req->url = dup_or_raise(L, path, n);
   lua_pop(L, 2);
@@ -338,7 +342,10 @@ static void read_options(lua_State *L, kw_request *req, int arg, const char *fna
 {
   kw_client *client = req->client;
   kw_limits *limits = &req->limits;
-  long default_timeout = req->endpoint->body == KW_BODY_FILE ? 0 : client->timeout_ms;
+  kw_body_kind body = req->endpoint->body;
+  /* Transfers of files have no overall limit, only the stall limit. */
+  long default_timeout = body == KW_BODY_FILE || body == KW_BODY_CHUNK || body == KW_BODY_DATA ||
+                         body == KW_BODY_DOWNLOAD ? 0 : client->timeout_ms;
 
   limits->connect_timeout_ms = client->connect_timeout_ms;
   limits->timeout_ms = default_timeout;
@@ -388,6 +395,11 @@ static void read_upload_options(lua_State *L, kw_request *req, int arg, const ch
     }
   }
   req->file_context = dup_or_raise(L, context, strlen(context));
+  if (name == NULL && req->file_path == NULL) {
+    if (lua_type(L, arg) == LUA_TTABLE)
+      lua_pop(L, 2);
+    return;
+  }
   if (name == NULL) {
     base = strrchr(req->file_path, '/');
     name = base != NULL ? base + 1 : req->file_path;
@@ -469,12 +481,24 @@ int kw_request_prepare(lua_State *L, kw_request *req, int first_arg)
   const char *fname = function_name(L, ep);
   int arg = first_arg;
   int fields = 0;
+  int fields_arg = 0;
+  int data_arg = 0;
 
+  if (ep->body == KW_BODY_DOWNLOAD) {
+    if (kw_body_prepare_download(L, req, arg, arg + 1, fname) != 0)
+      return 2;
+    arg += 2;
+  }
   if (ep->path_suffix != NULL) {
     check_id(L, req, arg, fname);
     arg++;
   }
-  if (ep->body == KW_BODY_JSON) {
+  if (ep->fields != NULL) {
+    kw_body_check_fields(L, req, arg, fname);
+    fields = lua_gettop(L);
+    fields_arg = arg;
+    arg++;
+  } else if (ep->body == KW_BODY_JSON) {
     check_json_fields(L, req, arg, fname);
     fields = lua_gettop(L);
     arg++;
@@ -491,27 +515,37 @@ int kw_request_prepare(lua_State *L, kw_request *req, int first_arg)
     req->file_path = dup_or_raise(L, path, n);
     req->id = dup_or_raise(L, path, n);
     arg++;
+  } else if (ep->body == KW_BODY_DATA) {
+    data_arg = arg;
+    arg += 2;
   }
   read_options(L, req, arg, fname);
-  if (ep->body == KW_BODY_FILE)
+  if (ep->body == KW_BODY_FILE || ep->body == KW_BODY_DATA)
     read_upload_options(L, req, arg, fname);
+  if (ep->body == KW_BODY_DATA)
+    kw_body_prepare_data(L, req, data_arg, data_arg + 1, fname);
 
-  if (ep->path_suffix != NULL)
+  if (ep->body == KW_BODY_DOWNLOAD)
+    ;
+  else if (ep->path_suffix != NULL)
     escape_id(L, req);
   else
     build_url(L, req, NULL);
 
-  add_header(L, req, req->client->api_key_header);
-  add_header(L, req, "Accept: application/json");
+  if (req->send_key)
+    add_header(L, req, req->client->api_key_header);
+  if (ep->body != KW_BODY_DOWNLOAD)
+    add_header(L, req, "Accept: application/json");
   if (ep->body == KW_BODY_JSON) {
     add_header(L, req, "Content-Type: application/json");
     prepare_json_body(L, req, fields);
   }
-  if (ep->body == KW_BODY_FILE) {
+  if (ep->body == KW_BODY_FILE || ep->body == KW_BODY_CHUNK || ep->body == KW_BODY_DATA)
     add_header(L, req, "Expect:");
-    if (prepare_upload(L, req) != 0)
-      return 2;
-  }
+  if (ep->body == KW_BODY_FILE && prepare_upload(L, req) != 0)
+    return 2;
+  if (ep->body == KW_BODY_CHUNK && kw_body_prepare_chunk(L, req, fields_arg) != 0)
+    return 2;
   return 0;
 }
 
@@ -578,9 +612,13 @@ void kw_request_setup_easy(kw_request *req, CURL *easy)
   curl_easy_setopt(easy, CURLOPT_HTTPHEADER, req->headers);
   curl_easy_setopt(easy, CURLOPT_USERAGENT, client->user_agent);
   curl_easy_setopt(easy, CURLOPT_ACCEPT_ENCODING, "");
-  curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, on_body);
+  if (req->endpoint->body == KW_BODY_DOWNLOAD) {
+    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, kw_body_on_download);
+  } else {
+    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(easy, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)limits->max_response);
+  }
   curl_easy_setopt(easy, CURLOPT_WRITEDATA, req);
-  curl_easy_setopt(easy, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)limits->max_response);
   if (client->insecure) {
     /* Only the client option named insecure gets here; creating such a client logs a warning. */
     curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 0L);
@@ -608,7 +646,7 @@ void kw_request_setup_easy(kw_request *req, CURL *easy)
   if (req->endpoint->body == KW_BODY_JSON) {
     curl_easy_setopt(easy, CURLOPT_POSTFIELDS, req->body);
     curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
-  } else if (req->endpoint->body == KW_BODY_FILE) {
+  } else if (req->mime != NULL) {
     curl_easy_setopt(easy, CURLOPT_MIMEPOST, req->mime);
   } else if (strcmp(req->endpoint->method, "POST") == 0) {
     curl_easy_setopt(easy, CURLOPT_POSTFIELDS, "");

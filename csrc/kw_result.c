@@ -217,6 +217,8 @@ static void push_server_message(lua_State *L, kw_request *req, int codec_index)
 
 static const char *status_hint(lua_State *L, const kw_request *req)
 {
+  if (req->endpoint->body == KW_BODY_DOWNLOAD && (req->status == 403 || req->status == 404))
+    return "the download link may have expired; export again for a fresh link";
   switch (req->status) {
   case 400:
     return "check the request: a field is missing, has the wrong type or names an unknown file";
@@ -322,6 +324,54 @@ static int invalid_body(lua_State *L, kw_request *req, const char *problem)
   return kw_error_return(L, req->client, &info);
 }
 
+/* Pushes { path, bytes, content_type } of a finished download. */
+static int push_download(lua_State *L, kw_request *req)
+{
+  lua_createtable(L, 0, 3);
+  lua_pushstring(L, req->download_path);
+  lua_setfield(L, -2, "path");
+  kw_pushinteger(L, req->downloaded);
+  lua_setfield(L, -2, "bytes");
+  if (req->content_type != NULL) {
+    lua_pushstring(L, req->content_type);
+    lua_setfield(L, -2, "content_type");
+  }
+  return 1;
+}
+
+/*
+ * Copies an export's download link into downloadUrl, wherever the server put
+ * it: response.downloadUrl, response.downloadURL, downloadURL or downloadUrl.
+ */
+static void normalise_download_url(lua_State *L, int result)
+{
+  static const char *const names[] = { "downloadUrl", "downloadURL", NULL };
+  int i;
+
+  lua_getfield(L, result, "downloadUrl");
+  if (lua_type(L, -1) == LUA_TSTRING) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, result, "response");
+  for (i = 0; names[i] != NULL && lua_type(L, -1) == LUA_TTABLE; i++) {
+    lua_getfield(L, -1, names[i]);
+    if (lua_type(L, -1) == LUA_TSTRING) {
+      lua_setfield(L, result, "downloadUrl");
+      lua_pop(L, 1);
+      return;
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, result, "downloadURL");
+  if (lua_type(L, -1) == LUA_TSTRING)
+    lua_setfield(L, result, "downloadUrl");
+  else
+    lua_pop(L, 1);
+}
+
 /* Copies the first present field of names into dockStatusId. */
 static int normalise_job(lua_State *L, kw_request *req, int result)
 {
@@ -353,10 +403,17 @@ int kw_request_push_result(lua_State *L, kw_request *req, int codec_index)
   int result;
 
   codec_index = kw_absindex(L, codec_index);
+  if (req->endpoint->body == KW_BODY_DOWNLOAD && kw_body_finish_download(req))
+    return push_download(L, req);
   if (req->code != CURLE_OK)
     return transfer_failure(L, req);
   if (req->status < 200 || req->status >= 300)
     return http_failure(L, req, codec_index);
+  if (req->endpoint->body == KW_BODY_DOWNLOAD)
+    return failure(L, req, "file", lua_pushfstring(L, "%s failed: the file '%s' could not be "
+                                                   "written", subject(L, req),
+                                                   req->download_path),
+                   "check the free space and that the directory is writable", 0);
 
   if (req->content_type != NULL && !contains_json(req->content_type))
     return invalid_body(L, req, lua_pushfstring(L, "expected JSON but got HTTP %d "
@@ -376,6 +433,15 @@ int kw_request_push_result(lua_State *L, kw_request *req, int codec_index)
 
   if (req->endpoint->result == KW_RESULT_JOB && !normalise_job(L, req, result))
     return invalid_body(L, req, "the job record has no dockStatusId, dock-statusId or _id");
+  if (req->endpoint->result == KW_RESULT_OBJECT)
+    normalise_job(L, req, result);
+  normalise_download_url(L, result);
+  if (req->endpoint->result == KW_RESULT_SESSION) {
+    lua_getfield(L, result, "sessionId");
+    if (lua_type(L, -1) != LUA_TSTRING)
+      return invalid_body(L, req, "the upload session has no string sessionId");
+    lua_pop(L, 1);
+  }
   if (req->endpoint->result == KW_RESULT_FILE) {
     lua_getfield(L, result, "fileId");
     if (lua_type(L, -1) != LUA_TSTRING)

@@ -4,6 +4,7 @@
 -- the client object, the default client configured from the environment,
 -- waiting for a job, and importing a workflow's three definition files.
 local core = require "kore_workflow.core"
+local chunked = require "kore_workflow.chunked"
 local scheduler = require "kore_workflow.scheduler"
 local waiter = require "kore_workflow.waiter"
 
@@ -87,6 +88,78 @@ function Client:__tostring()
   return tostring(self._handle)
 end
 
+local function file_upload_error(path, message)
+  return core.new_error {
+    kind = "file", id = path, retryable = false,
+    message = ("cannot upload file '%s': %s"):format(path, message),
+    hint = "check the path and that the file is readable",
+  }
+end
+
+-- Adds the client's namespaces to fields: every call of the core as given
+-- in calls (blocking or stepped), with files.upload choosing the chunked
+-- session for large files and models.import uploading a model through it.
+local function new_namespaces(calls, sleep, fields)
+  local files = calls.files
+  local raw_upload = files.upload
+
+  local function upload(path, options)
+    if type(path) ~= "string" or path == "" then
+      argument_error(1, "path", "files.upload", "non-empty string expected, got " .. type(path))
+    end
+    if options ~= nil and type(options) ~= "table" then
+      argument_error(2, "options", "files.upload", "table expected, got " .. type(options))
+    end
+    options = options or {}
+    local chunk_size = options.chunk_size
+    if chunk_size ~= nil and (type(chunk_size) ~= "number" or chunk_size < 1
+        or chunk_size ~= math.floor(chunk_size)) then
+      argument_error(2, "options", "files.upload", "option 'chunk_size' must be a whole "
+        .. "number of bytes above 0")
+    end
+    local size = chunked.file_size(path)
+    local threshold = options.chunk_threshold or chunked.THRESHOLD
+    if size == nil or size < threshold then
+      local single = {}
+      for k, v in pairs(options) do
+        if k ~= "chunk_size" and k ~= "chunk_threshold" and k ~= "on_chunk"
+            and k ~= "on_chunk_retry" then
+          single[k] = v
+        end
+      end
+      return raw_upload(path, single)
+    end
+    return chunked.upload(files, path, size, options, sleep, core.random)
+  end
+
+  local function import_model(path, options)
+    if type(path) ~= "string" or path == "" then
+      argument_error(1, "path", "models.import", "non-empty string expected, got " .. type(path))
+    end
+    options = options or {}
+    local size, size_error = chunked.file_size(path)
+    if not size then
+      return nil, file_upload_error(path, size_error)
+    end
+    local session_options = {}
+    for k, v in pairs(options) do
+      session_options[k] = v
+    end
+    session_options.context = "model"
+    return chunked.upload(files, path, size, session_options, sleep, core.random)
+  end
+
+  for namespace, functions in pairs(calls) do
+    fields[namespace] = {}
+    for name, call in pairs(functions) do
+      fields[namespace][name] = call
+    end
+  end
+  fields.files.upload = upload
+  fields.models.import = import_model
+  return fields
+end
+
 --- Creates a client for one environment.
 ---@param options table host (base URL), api_key, and optionally ca_file,
 --- connect_timeout, timeout, stall_timeout (seconds), max_response (bytes),
@@ -104,18 +177,20 @@ function M.client(options)
     error(handle, 2)
   end
   local api = core.bind(handle)
-  return setmetatable({
-    workflow = {
-      import = blocking(api.workflow.import),
-      status = blocking(api.workflow.status),
-    },
-    files = {
-      upload = blocking(api.files.upload),
-    },
+  local calls = {}
+  for namespace, functions in pairs(api) do
+    if namespace ~= "start" then
+      calls[namespace] = {}
+      for name, call in pairs(functions) do
+        calls[namespace][name] = blocking(call)
+      end
+    end
+  end
+  return setmetatable(new_namespaces(calls, core.sleep, {
     _api = api,
     _handle = handle,
     _codec = codec,
-  }, Client)
+  }), Client)
 end
 
 -- Wraps a start function so that it returns the call's result, stepping the
@@ -134,30 +209,29 @@ local function stepped(start, adapter)
   end
 end
 
---- Returns the non-blocking form of the client: the same workflow.*,
--- files.*, wait and import_files, for code running inside a coroutine that
--- the adapter can suspend. adapter.sleep(seconds) must suspend the calling
--- coroutine and resume it later (kore_workflow.nvim and kore_workflow.openresty
--- provide one for their hosts).
+--- Returns the non-blocking form of the client: the same calls, for code
+-- running inside a coroutine that the adapter can suspend.
+-- adapter.sleep(seconds) must suspend the calling coroutine and resume it
+-- later (kore_workflow.nvim and kore_workflow.openresty provide one for their
+-- hosts).
 ---@param adapter table { sleep = function(seconds) }
 function Client:nonblocking(adapter)
   if type(adapter) ~= "table" or type(adapter.sleep) ~= "function" then
     argument_error(1, "adapter", "nonblocking", "table with a sleep function expected")
   end
-  local start = self._api.start
-  return setmetatable({
-    workflow = {
-      import = stepped(start.workflow.import, adapter),
-      status = stepped(start.workflow.status, adapter),
-    },
-    files = {
-      upload = stepped(start.files.upload, adapter),
-    },
+  local calls = {}
+  for namespace, functions in pairs(self._api.start) do
+    calls[namespace] = {}
+    for name, start in pairs(functions) do
+      calls[namespace][name] = stepped(start, adapter)
+    end
+  end
+  return setmetatable(new_namespaces(calls, adapter.sleep, {
     _api = self._api,
     _handle = self._handle,
     _codec = self._codec,
     _sleep = adapter.sleep,
-  }, Client)
+  }), Client)
 end
 
 --- Builds an error table of the module, with the client's key redacted.
@@ -221,7 +295,12 @@ end
 -- or a table of paths; raises on arguments of the wrong type.
 local function definition_paths(source, fname)
   local paths = {}
-  if type(source) == "string" then
+  if type(source) == "string" and source:lower():match("%.zip$") then
+    for i, def in ipairs(M.definition_files) do
+      paths[i] = { role = def.role, file = def.file, field = def.field,
+                   path = source .. ":" .. def.file, zip = source }
+    end
+  elseif type(source) == "string" then
     for i, def in ipairs(M.definition_files) do
       paths[i] = { role = def.role, file = def.file, field = def.field,
                    path = join_path(source, def.file), dir = source }
@@ -241,8 +320,47 @@ local function definition_paths(source, fname)
   return paths
 end
 
+-- The largest definition file read from an export zip, in bytes.
+local MAX_ZIP_ENTRY = 64 * 1024 * 1024
+
+-- Reads the definition files of an export zip into the defs' content fields.
+function Client:_read_zip(defs)
+  local names = {}
+  for _, def in ipairs(defs) do
+    names[def.file] = true
+  end
+  local entries, err = core.zip_read(defs[1].zip, names, MAX_ZIP_ENTRY)
+  if not entries then
+    return nil, err
+  end
+  for _, def in ipairs(defs) do
+    if entries[def.file] == nil then
+      return nil, self:new_error {
+        kind = "file", id = def.zip, retryable = false,
+        message = ("the export zip '%s' holds no %s"):format(def.zip, def.file),
+        hint = "an export zip must contain app_definition.json, flow_definition.json and "
+          .. "env_variables.json; export the workflow again",
+      }
+    end
+    def.content = entries[def.file]
+  end
+  return true
+end
+
 -- Reads and parses one definition file; returns true, or nil and an error.
 function Client:_check_definition(def)
+  if def.content then
+    local ok, decode_error = pcall(self._codec.decode, def.content)
+    if ok then
+      return true
+    end
+    return nil, self:new_error {
+      kind = "file", id = def.zip, retryable = false,
+      message = ("the %s file %s in '%s' is not valid JSON (%s)"):format(def.role, def.file,
+        def.zip, tostring(decode_error)),
+      hint = "export the workflow again; nothing was uploaded",
+    }
+  end
   local handle, open_error = io.open(def.path, "rb")
   local where = def.dir and ("%s in %s"):format(def.file, def.dir) or ("'%s'"):format(def.path)
   if not handle then
@@ -300,6 +418,12 @@ function Client:import_files(workflow_id, source, options)
   local defs = definition_paths(source, fname)
 
   on_step("check", { files = defs })
+  if defs[1].zip then
+    local ok, err = self:_read_zip(defs)
+    if not ok then
+      return nil, err
+    end
+  end
   for _, def in ipairs(defs) do
     local ok, err = self:_check_definition(def)
     if not ok then
@@ -307,10 +431,32 @@ function Client:import_files(workflow_id, source, options)
     end
   end
 
+  if options.backup ~= nil then
+    if type(options.backup) ~= "string" or options.backup == "" then
+      argument_error(3, "options", fname, "option 'backup' must be a file path")
+    end
+    on_step("backup", { workflow_id = workflow_id, path = options.backup })
+    local saved, err = self:export_to(workflow_id, options.backup, {
+      timeout = options.timeout, interval = options.interval,
+      max_interval = options.max_interval, sleep = options.sleep, clock = options.clock,
+    })
+    if not saved then
+      err.message = ("backup of workflow %s failed, so nothing was imported: %s")
+        :format(workflow_id, err.message)
+      return nil, err
+    end
+  end
+
   local fields = {}
+  local context = options.context or "bulkImport"
   for _, def in ipairs(defs) do
     on_step("upload", { role = def.role, path = def.path })
-    local file, err = self.files.upload(def.path, { context = options.context or "bulkImport" })
+    local file, err
+    if def.content then
+      file, err = self.files.upload_data(def.file, def.content, { context = context })
+    else
+      file, err = self.files.upload(def.path, { context = context })
+    end
     if not file then
       return nil, err
     end
@@ -333,6 +479,63 @@ function Client:import_files(workflow_id, source, options)
   end
   wait_options.label = wait_options.label or ("import into workflow " .. workflow_id)
   return self:wait(job.dockStatusId, wait_options)
+end
+
+--- Saves the file behind url at path, streaming it to disk. The API key is
+-- sent only when url is on the client's own host.
+---@param url string
+---@param path string
+---@param options table|nil timeouts (seconds)
+---@return table|nil { path, bytes, content_type }, or nil and an error
+function Client:download(url, path, options)
+  return self.files.download(url, path, options)
+end
+
+--- Exports a workflow, waits for the export job and saves its zip at path.
+---@param workflow_id string
+---@param path string
+---@param options table|nil flow_id, and the options of wait
+---@return table|nil { path, bytes, content_type, job }, or nil and an error
+function Client:export_to(workflow_id, path, options)
+  if type(path) ~= "string" or path == "" then
+    argument_error(2, "path", "export_to", "non-empty string expected, got " .. type(path))
+  end
+  options = options or {}
+  local fields = options.flow_id and { flow_id = options.flow_id } or nil
+  local job, err = self.workflow.export(workflow_id, fields)
+  if not job then
+    return nil, err
+  end
+  local final = job
+  if job.status ~= "SUCCESS" then
+    local wait_options = {}
+    for k, v in pairs(options) do
+      if k ~= "flow_id" then
+        wait_options[k] = v
+      end
+    end
+    wait_options.label = wait_options.label or ("export of workflow " .. workflow_id)
+    final, err = self:wait(job.dockStatusId, wait_options)
+    if not final then
+      return nil, err
+    end
+  end
+  local url = final.downloadUrl or job.downloadUrl
+  if type(url) ~= "string" then
+    return nil, self:new_error {
+      kind = "invalid_response", id = workflow_id, retryable = false, job = final,
+      message = ("export of workflow %s ended SUCCESS without a download link (dock status %s)")
+        :format(workflow_id, tostring(final.dockStatusId)),
+      hint = "read the dock status again later; the server may add the link after the job ends",
+    }
+  end
+  local saved
+  saved, err = self:download(url, path)
+  if not saved then
+    return nil, err
+  end
+  saved.job = final
+  return saved
 end
 
 -- Runs fn(nonblocking_client, item, index) for every item, at most
