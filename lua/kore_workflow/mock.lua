@@ -9,19 +9,85 @@
 -- because Lua 5.1 cannot yield across pcall; only the connection loop around
 -- them waits for sockets and timers.
 --
+-- API routes, which need the key in the x-api-key header (401 otherwise).
+-- Errors are JSON {"message", "code"}, and the message names the value at
+-- fault. A job record is {<id_field>: "ds-<uuid>", "jobType", "action",
+-- "status"} plus "workflowId" (jobType WORKFLOWS) or "modelId" and
+-- "percentageComplete" (jobType MODELS):
+--   POST /api/public/files: multipart `file` (with a filename) and
+--     `fileContext` -> {url, fileId}. A file of max_single_upload bytes
+--     (25 MB) or more gets 413 and must go through an upload session;
+--   POST /api/public/files/session/start: JSON {fileContext, totalChunks
+--     (integer >= 1), fileExtension (without a leading dot), fileName,
+--     fileSize (bytes, >= 1)} -> {sessionId: "<uuid>", expirationDate:
+--     ISO 8601 UTC}, plus modelId "cm-<uuid>" when fileContext is "model".
+--     A session expires session_ttl seconds after it starts;
+--   POST /api/public/files/session/ID: multipart `file` and `chunkNumber`
+--     (0 to totalChunks - 1) -> {chunkNumber: "<n>" (a string), sessionId}.
+--     A repeated chunk replaces the earlier one. An unknown, expired or
+--     completed session gets 404, a chunkNumber that is not a whole number in
+--     range gets 400;
+--   POST /api/public/files/session/ID/complete, no body -> {url, fileId},
+--     the file then usable in imports; for fileContext "model" a job record
+--     (MODELS, IMPORT) instead, whose percentageComplete rises from 0 to 100
+--     over the polls. 400 names the missing chunk numbers, or the joined size
+--     when it differs from fileSize;
+--   POST /api/public/workflows/import: JSON {workflowName (unique, 409
+--     otherwise), workflowDataFileId, flowDataFileId, envVariablesFileId
+--     (optional)} -> job record (IMPORT) of a new workflow;
+--   POST /api/public/workflows/ID/import: JSON of the three file ids -> job
+--     record (IMPORT). The job FAILS when a file is not valid JSON;
+--   POST /api/public/workflows/ID/export, also /api/public/workflow/ID/export,
+--     with an optional ?flowId= -> job record (EXPORT) with "exportJobId":
+--     "workflow-ej-<uuid>". 400 when the workflow has no definitions yet. On
+--     SUCCESS the dock status carries the signed download link of a zip named
+--     after the workflow that holds flow_definition.json, app_definition.json
+--     and env_variables.json ("[]" when the workflow has none): by default as
+--     {"response": {"downloadUrl": URL}}, or top-level "downloadURL" when
+--     export_url_field is "downloadURL";
+--   POST /api/public/workflows/ID/deploy: JSON {isAsync: boolean, required}
+--     -> job record (DEPLOY), already SUCCESS when isAsync is false;
+--   POST /api/public/workflows/ID/undeploy, also /api/public/workflow/ID/
+--     undeploy, no body -> job record (UNDEPLOY);
+--   POST /api/public/models/ID/export -> job record (MODELS, EXPORT) with
+--     "exportJobId": "model-ej-<uuid>"; on SUCCESS the download link of a zip
+--     holding the model file, placed as for workflow exports;
+--   POST /api/public/models/ID/deploy?modelType=openSource|fineTune: JSON
+--     {name (required string), deviceType (string), hyperParameters,
+--     scalingParameters, optimizationInfo (objects)} -> job record (DEPLOY);
+--   POST /api/public/models/ID/undeploy -> job record (UNDEPLOY).
+--     Model routes answer 404 for an unknown model and 409 while the model's
+--     import job has not ended;
+--   GET /api/public/dock-status/ID -> the job record with the id as "_id"
+--     and "message" when it FAILED. A job stays IN_PROGRESS for `polls`
+--     polls, and the next poll ends it, except a deploy with isAsync false.
+--
 -- Control routes, which need no API key:
 --   GET /_mock/requests        the request log, oldest first. Each record has
 --     method, path, headers (secret values replaced by "***"), key_ok,
---     body_size, body (decoded JSON) or parts (multipart summaries),
---     response_status, connection (the number of the TCP connection, counted
---     from 1 in accept order), received_at (Unix time in seconds, with a
---     fraction, when the request head was read) and closed ("drop" or
---     "reset") for a scripted close;
+--     body_size, body (decoded JSON, for bodies up to 64 KiB) or parts
+--     (multipart summaries with each part's size, and the value of short
+--     fields without a filename), chunkNumber (the value of that multipart
+--     field, for chunk uploads), response_status, connection (the number of
+--     the TCP connection, counted from 1 in accept order), received_at (Unix
+--     time in seconds, with a fraction, when the request head was read) and
+--     closed ("drop" or "reset") for a scripted close. Bodies themselves are
+--     never kept;
 --   POST /_mock/reset          clears the request log and pending scripts;
 --   POST /_mock/script         queues scripted responses for a route;
---   POST /_mock/workflows      seeds a workflow {id, name};
---   GET /_mock/workflows/ID    a workflow's stored definitions;
+--   POST /_mock/workflows      seeds a workflow {id, name, definitions}, where
+--     the optional definitions {workflowData, flowData, envVariables
+--     (optional)} are strings stored as its current version;
+--   GET /_mock/workflows/ID    a workflow's name, deploy state ("deployed")
+--     and stored definitions;
+--   POST /_mock/models         seeds a model {id, fileName, content}, where
+--     fileName and content of the model file are optional;
+--   GET /_mock/models/ID       a model's file name and size, whether its
+--     import ended ("imported"), "deployed" and the last "deployment" body;
 --   GET /_mock/files/ID?...    an uploaded file's bytes, from its signed url;
+--   GET /_mock/exports/EXPORT_JOB_ID.zip?...  an export's zip, from the
+--     signed link in its dock status (403 for a wrong or expired signature),
+--     as application/zip with Content-Disposition naming the file;
 --   POST /_mock/shutdown       stops the emulator.
 --
 -- A script is {method, path or path_pattern, responses = {...}, repeat}.
@@ -57,6 +123,10 @@
 
 local socket = require("socket")
 local cjson = require("cjson")
+local mock_zip = require("kore_workflow.mock_zip")
+local mock_workflows = require("kore_workflow.mock_workflows")
+local mock_sessions = require("kore_workflow.mock_sessions")
+local mock_models = require("kore_workflow.mock_models")
 
 local unpack = table.unpack or unpack
 
@@ -72,6 +142,9 @@ local DEFINITION_NAMES = {
 }
 -- Request headers whose values the request log replaces with "***".
 local REDACTED_HEADERS = { ["x-api-key"] = true, authorization = true, ["proxy-authorization"] = true }
+-- Places of the download link in a SUCCESS dock status of an export, by
+-- the value of the export_url_field option.
+local EXPORT_URL_FIELDS = { downloadUrl = "response.downloadUrl", downloadURL = "downloadURL" }
 
 local REASON_PHRASES = {
   [100] = "Continue", [200] = "OK", [201] = "Created", [202] = "Accepted",
@@ -97,6 +170,11 @@ local PROTOCOL_ERROR_CODES = {
 
 local MAX_HEAD_BYTES = 65536
 local MAX_LOGGED_FIELD_BYTES = 1024
+-- JSON bodies larger than this are not decoded into the request log.
+local MAX_LOGGED_JSON_BYTES = 65536
+-- The API documentation states that POST /api/public/files takes files under
+-- 25 MB. The emulator reads MB as 10^6 bytes, the stricter of the two readings.
+local DEFAULT_MAX_SINGLE_UPLOAD = 25 * 1000 * 1000
 local MAX_CHUNK_LINE_BYTES = 4096
 local RECEIVE_SIZE = 65536
 
@@ -815,15 +893,27 @@ end
 --   delay (0): seconds added before every API reply;
 --   id_field ("dockStatusId"): job id field name in import replies, one of
 --     dockStatusId, dock-statusId and _id, because real servers vary;
---   workflows: list of workflow ids to seed, by default DEFAULT_WORKFLOW_ID;
+--   workflows: list of workflow ids to seed. DEFAULT_WORKFLOW_ID is seeded
+--     when neither workflows nor workflow_dirs names one;
+--   workflow_dirs: map of workflow id to an export directory, read here, whose
+--     app_definition.json, flow_definition.json and optional
+--     env_variables.json become the seeded workflow's current version;
+--   models: list of model ids to seed, each with a small generated model file;
+--   export_url_field ("downloadUrl"): where a SUCCESS dock status of an
+--     export carries its link, "downloadUrl" inside "response" or
+--     "downloadURL" at the top level, because real servers vary;
+--   session_ttl (3600): seconds an upload session accepts chunks after it
+--     starts;
+--   max_single_upload (25000000): size in bytes from which
+--     POST /api/public/files rejects a file with 413;
 --   log: function(line, kind) called with one line per request (kind
 --     "request") and with lifecycle and error lines ("info", "error").
 --     The configured API key and file URL signatures are replaced by "***";
 --   idle_exit: seconds without any request after which run() returns "idle";
 --   max_body (64 MiB), max_connections (200), keepalive_timeout (120 s),
 --   request_timeout (30 s, the longest wait for one read or write of a
---     request in progress), file_url_ttl (3600 s).
--- Raises an error naming an invalid option.
+--     request in progress), file_url_ttl (3600 s, also for export links).
+-- Raises an error naming an invalid option or an unreadable directory.
 function mock.new(opts)
   opts = opts or {}
   check_option(type(opts) == "table", "options must be a table")
@@ -843,10 +933,22 @@ function mock.new(opts)
   check_option(opts.log == nil or type(opts.log) == "function", "log must be a function")
   check_option(opts.idle_exit == nil or (type(opts.idle_exit) == "number" and opts.idle_exit > 0),
     "idle_exit must be a number of seconds greater than 0")
+  local export_url_field = opts.export_url_field or "downloadUrl"
+  check_option(EXPORT_URL_FIELDS[export_url_field], "export_url_field must be downloadUrl or downloadURL")
+  local session_ttl = opts.session_ttl or 3600
+  check_option(type(session_ttl) == "number" and session_ttl > 0 and session_ttl < math.huge,
+    "session_ttl must be a number of seconds greater than 0")
+  local max_single_upload = opts.max_single_upload or DEFAULT_MAX_SINGLE_UPLOAD
+  check_option(is_integer(max_single_upload) and max_single_upload >= 1 and max_single_upload < math.huge,
+    "max_single_upload must be a whole number of bytes of at least 1")
   local workflows = opts.workflows
   check_option(workflows == nil or type(workflows) == "table",
     "workflows must be a list of workflow id strings")
-  if workflows == nil or #workflows == 0 then
+  local workflow_dirs = opts.workflow_dirs or {}
+  check_option(type(workflow_dirs) == "table", "workflow_dirs must be a map of workflow id to directory")
+  local models = opts.models or {}
+  check_option(type(models) == "table", "models must be a list of model id strings")
+  if (workflows == nil or #workflows == 0) and next(workflow_dirs) == nil then
     workflows = { DEFAULT_WORKFLOW_ID }
   end
 
@@ -857,6 +959,9 @@ function mock.new(opts)
     polls = polls,
     delay = delay,
     id_field = id_field,
+    export_url_field = export_url_field,
+    session_ttl = session_ttl,
+    max_single_upload = max_single_upload,
     log_function = opts.log,
     idle_exit = opts.idle_exit,
     max_body = opts.max_body or 64 * 1024 * 1024,
@@ -872,11 +977,25 @@ function mock.new(opts)
     workflows = {},
     files = {},
     jobs = {},
+    exports = {},
+    sessions = {},
+    models = {},
     last_activity = socket.gettime(),
   }, Server)
-  for _, id in ipairs(workflows) do
+  for _, id in ipairs(workflows or {}) do
     check_option(type(id) == "string" and id ~= "", "workflows must be a list of non-empty strings")
-    server.workflows[id] = { id = id, history = 0 }
+    server:seed_workflow(id)
+  end
+  for id, dir in pairs(workflow_dirs) do
+    check_option(type(id) == "string" and id ~= "" and type(dir) == "string" and dir ~= "",
+      "workflow_dirs must map non-empty workflow id strings to directory strings")
+    local definitions, err = mock_workflows.read_definitions(dir)
+    check_option(definitions, string.format("workflow_dirs[%s]: %s", quote(id), tostring(err)))
+    server:seed_workflow(id, nil, definitions)
+  end
+  for _, id in ipairs(models) do
+    check_option(type(id) == "string" and id ~= "", "models must be a list of non-empty strings")
+    server:seed_model(id)
   end
   return server
 end
@@ -1124,11 +1243,31 @@ function Server:keeps_alive(request, response)
   return true
 end
 
--- Sends a response. Returns whether the connection stays open.
+-- Sends a response. A response may give its body as body_pieces, an array
+-- of strings sent one after another, so that a large body such as a zip
+-- archive is never joined into one string. Returns whether the connection
+-- stays open.
 function Server:send_response(conn, request, response)
   local keep_alive = self:keeps_alive(request, response)
-  local ok = conn:send_all(self:build_response_text(request, response, keep_alive), self.request_timeout)
-  return ok and keep_alive or false
+  if not response.body_pieces then
+    local ok = conn:send_all(self:build_response_text(request, response, keep_alive), self.request_timeout)
+    return ok and keep_alive or false
+  end
+  local length = 0
+  for _, piece in ipairs(response.body_pieces) do
+    length = length + #piece
+  end
+  if not conn:send_all(self:build_response_head(response, keep_alive, length), self.request_timeout) then
+    return false
+  end
+  if has_body(request, response) then
+    for _, piece in ipairs(response.body_pieces) do
+      if not conn:send_all(piece, self.request_timeout) then
+        return false
+      end
+    end
+  end
+  return keep_alive
 end
 
 -- Sends data, one byte every `trickle` seconds when trickle is set.
@@ -1191,7 +1330,7 @@ function Server:send_scripted(conn, request, response, entry)
     if entry.stream then
       head = self:build_response_head(response, keep_alive, entry.stream.chunked and "chunked" or entry.stream.bytes)
     else
-      body = response.body or ""
+      body = response.body or (response.body_pieces and table.concat(response.body_pieces)) or ""
       head = self:build_response_head(response, keep_alive, #body)
     end
     if not has_body(request, response) then
@@ -1446,12 +1585,15 @@ function Server:record_request(request)
         -- Short form fields such as fileContext are kept so that tests can check them.
         if not part.filename and #part.content <= MAX_LOGGED_FIELD_BYTES then
           record.parts[i].value = part.content
+          if part.name == "chunkNumber" and record.chunkNumber == nil then
+            record.chunkNumber = part.content
+          end
         end
       end
     else
       record.multipart_error = request.multipart_error
     end
-  elseif request.body and request.body ~= "" then
+  elseif request.body and request.body ~= "" and #request.body <= MAX_LOGGED_JSON_BYTES then
     local value = json_decode(request.body)
     if value ~= nil then
       record.body = value
@@ -1716,10 +1858,26 @@ end
 -- Marks a path segment that matches any value and becomes a route parameter.
 local PARAM = {}
 
+-- A route's handler is the Server method of that name. The handlers of
+-- export, deploy and undeploy are in kore_workflow.mock_workflows, those of
+-- upload sessions in kore_workflow.mock_sessions and those of models in
+-- kore_workflow.mock_models. The first route that matches a path wins.
 local API_ROUTES = {
   { segments = { "api", "public", "files" }, methods = { POST = "upload_file" } },
+  { segments = { "api", "public", "files", "session", "start" }, methods = { POST = "start_upload_session" } },
+  { segments = { "api", "public", "files", "session", PARAM }, methods = { POST = "upload_chunk" } },
+  { segments = { "api", "public", "files", "session", PARAM, "complete" },
+    methods = { POST = "complete_upload_session" } },
   { segments = { "api", "public", "workflows", "import" }, methods = { POST = "import_new_workflow" } },
   { segments = { "api", "public", "workflows", PARAM, "import" }, methods = { POST = "import_workflow" } },
+  { segments = { "api", "public", "workflows", PARAM, "export" }, methods = { POST = "export_workflow" } },
+  { segments = { "api", "public", "workflow", PARAM, "export" }, methods = { POST = "export_workflow" } },
+  { segments = { "api", "public", "workflows", PARAM, "deploy" }, methods = { POST = "deploy_workflow" } },
+  { segments = { "api", "public", "workflows", PARAM, "undeploy" }, methods = { POST = "undeploy_workflow" } },
+  { segments = { "api", "public", "workflow", PARAM, "undeploy" }, methods = { POST = "undeploy_workflow" } },
+  { segments = { "api", "public", "models", PARAM, "export" }, methods = { POST = "export_model" } },
+  { segments = { "api", "public", "models", PARAM, "deploy" }, methods = { POST = "deploy_model" } },
+  { segments = { "api", "public", "models", PARAM, "undeploy" }, methods = { POST = "undeploy_model" } },
   { segments = { "api", "public", "dock-status", PARAM }, methods = { GET = "get_dock_status" } },
 }
 
@@ -1729,7 +1887,10 @@ local CONTROL_ROUTES = {
   { segments = { "_mock", "script" }, methods = { POST = "control_script" } },
   { segments = { "_mock", "workflows" }, methods = { POST = "control_seed_workflow" } },
   { segments = { "_mock", "workflows", PARAM }, methods = { GET = "control_workflow" } },
+  { segments = { "_mock", "models" }, methods = { POST = "control_seed_model" } },
+  { segments = { "_mock", "models", PARAM }, methods = { GET = "control_model" } },
   { segments = { "_mock", "files", PARAM }, methods = { GET = "control_file" } },
+  { segments = { "_mock", "exports", PARAM }, methods = { GET = "control_export" } },
   { segments = { "_mock", "shutdown" }, methods = { POST = "control_shutdown" } },
 }
 
@@ -1833,6 +1994,26 @@ function Server:new_file_id()
   end
 end
 
+-- Stores an uploaded file and returns its record, whose url is the signed
+-- link that GET /_mock/files/ID serves.
+function Server:store_file(content, filename, content_type, context)
+  local id = self:new_file_id()
+  local signature = to_hex(random_bytes(16))
+  local expires = math.floor(os.time() + self.file_url_ttl)
+  local file = {
+    id = id,
+    content = content,
+    filename = filename,
+    content_type = content_type,
+    context = context,
+    signature = signature,
+    expires = expires,
+  }
+  file.url = string.format("%s/_mock/files/%s?expires=%d&signature=%s", self:url(), id, expires, signature)
+  self.files[id] = file
+  return file
+end
+
 function Server:upload_file(request, _, record)
   if not request.parts then
     local message = request.multipart_error
@@ -1854,6 +2035,12 @@ function Server:upload_file(request, _, record)
     return bad_request(
       "missing multipart field \"file\": send the file content in a part named file, with a filename")
   end
+  if #file_part.content >= self.max_single_upload then
+    return error_response(413, "PAYLOAD_TOO_LARGE", string.format(
+      "file %s of %d bytes is too large for POST /api/public/files, which takes files under %d bytes: "
+        .. "upload it in chunks through an upload session, POST /api/public/files/session/start",
+      quote(file_part.filename or ""), #file_part.content, self.max_single_upload))
+  end
   if not file_part.filename then
     return bad_request("multipart field \"file\" has no filename in its Content-Disposition header")
   end
@@ -1863,21 +2050,9 @@ function Server:upload_file(request, _, record)
   if context_part.content == "" then
     return bad_request("multipart field \"fileContext\" is empty: send a value such as bulkImport")
   end
-  local id = self:new_file_id()
-  local signature = to_hex(random_bytes(16))
-  local expires = math.floor(os.time() + self.file_url_ttl)
-  self.files[id] = {
-    id = id,
-    content = file_part.content,
-    filename = file_part.filename,
-    content_type = file_part.content_type,
-    context = context_part.content,
-    signature = signature,
-    expires = expires,
-  }
-  record.parts[file_index].file_id = id
-  local url = string.format("%s/_mock/files/%s?expires=%d&signature=%s", self:url(), id, expires, signature)
-  return json_response(200, { url = url, fileId = id })
+  local file = self:store_file(file_part.content, file_part.filename, file_part.content_type, context_part.content)
+  record.parts[file_index].file_id = file.id
+  return json_response(200, { url = file.url, fileId = file.id })
 end
 
 -- Looks up the uploaded file named by a field of an import body. Returns
@@ -1903,23 +2078,173 @@ function Server:file_for_field(body, field, required)
   return file
 end
 
-function Server:start_import_job(workflow, files)
-  local job = {
-    id = "ds-" .. new_uuid(),
-    workflow = workflow,
-    status = "IN_PROGRESS",
-    polls_left = self.polls,
-    files = files,
-  }
+---------------------------------------------------------------------------
+-- Jobs
+---------------------------------------------------------------------------
+
+-- Registers a job and returns it. The caller gives job_type ("WORKFLOWS"
+-- or "MODELS"), action, the workflow or model, and finish(server, job),
+-- which sets status to SUCCESS or FAILED (with a message) and applies the
+-- job's effect. The job stays IN_PROGRESS for `polls` dock-status polls
+-- unless the caller ends it at once with Server:finish_job.
+function Server:start_job(job)
+  job.id = "ds-" .. new_uuid()
+  job.status = "IN_PROGRESS"
+  job.polls_total = self.polls
+  job.polls_left = self.polls
+  job.polls_seen = 0
   self.jobs[job.id] = job
+  return job
+end
+
+function Server:finish_job(job)
+  job.finish(self, job)
+end
+
+-- Returns a model job's progress: 0 when it starts, rising with each
+-- IN_PROGRESS poll, and 100 once it succeeds.
+local function percentage_complete(job)
+  if job.status == "SUCCESS" then
+    return 100
+  end
+  return math.floor(100 * job.polls_seen / (job.polls_total + 1))
+end
+
+-- Returns the JSON record of a job, with its id under id_key: id_field in
+-- the reply that starts a job, "_id" in dock statuses.
+function Server:job_record(job, id_key)
   local record = {
-    workflowId = workflow.id,
-    jobType = "WORKFLOWS",
-    action = "IMPORT",
-    status = "IN_PROGRESS",
+    jobType = job.job_type,
+    action = job.action,
+    status = job.status,
+    message = job.message,
   }
-  record[self.id_field] = job.id
-  return json_response(200, record)
+  record[id_key] = job.id
+  if job.model then
+    record.modelId = job.model.id
+    record.percentageComplete = percentage_complete(job)
+  else
+    record.workflowId = job.workflow.id
+  end
+  local export = job.export
+  if export then
+    record.exportJobId = export.id
+    if job.status == "SUCCESS" then
+      if self.export_url_field == "downloadURL" then
+        record.downloadURL = export.url
+      else
+        record.response = { downloadUrl = export.url }
+      end
+    end
+  end
+  return record
+end
+
+-- Returns the reply that starts a job.
+function Server:job_response(job)
+  return json_response(200, self:job_record(job, self.id_field))
+end
+
+-- Registers the zip of an export job. entries is a list of {name, data,
+-- crc (optional)} for kore_workflow.mock_zip, file_name the name that the
+-- download offers. The download link exists once publish_export has run.
+function Server:new_export(kind, file_name, entries)
+  local export = { id = kind .. "-ej-" .. new_uuid(), file_name = file_name, entries = entries }
+  self.exports[export.id] = export
+  return export
+end
+
+-- Signs an export's download link; called when its job succeeds. The zip's
+-- entries carry this moment as their modification time.
+function Server:publish_export(export)
+  export.time = os.time()
+  export.signature = to_hex(random_bytes(16))
+  export.expires = math.floor(export.time + self.file_url_ttl)
+  export.url = string.format("%s/_mock/exports/%s.zip?expires=%d&signature=%s", self:url(), export.id,
+    export.expires, export.signature)
+end
+
+-- Makes a workflow's current version from a table of definitions
+-- {workflowData, flowData, envVariables, file_ids}, keeping count of the
+-- versions it replaces.
+local function replace_current_version(workflow, current)
+  if workflow.current then
+    workflow.history = workflow.history + 1
+  end
+  workflow.current = current
+end
+
+-- Adds a workflow, or gives an existing one new definitions. Returns the
+-- workflow and whether it was created. A workflow seeded without a name
+-- is named after its id.
+function Server:seed_workflow(id, name, definitions)
+  local workflow = self.workflows[id]
+  local created = workflow == nil
+  if created then
+    workflow = { id = id, name = name or id, history = 0, deployed = false }
+    self.workflows[id] = workflow
+  end
+  if definitions then
+    replace_current_version(workflow, {
+      workflowData = definitions.workflowData,
+      flowData = definitions.flowData,
+      envVariables = definitions.envVariables,
+      file_ids = {},
+    })
+  end
+  return workflow, created
+end
+
+-- Returns the workflow that has the name, if any.
+function Server:workflow_named(name)
+  for _, workflow in pairs(self.workflows) do
+    if workflow.name == name then
+      return workflow
+    end
+  end
+  return nil
+end
+
+---------------------------------------------------------------------------
+-- Imports
+---------------------------------------------------------------------------
+
+-- Ends an import job: FAILED when one of its files is not valid JSON,
+-- otherwise SUCCESS with the files stored as the workflow's current version.
+local function finish_import(_, job)
+  for _, field in ipairs(IMPORT_FIELDS) do
+    local file = job.files[field]
+    if file then
+      local value, err = json_decode(file.content)
+      if value == nil then
+        job.status = "FAILED"
+        job.message = string.format("file %s (%s) given as %s is not valid JSON: %s",
+          file.id, quote(file.filename or ""), field, err)
+        return
+      end
+    end
+  end
+  local current = { file_ids = {} }
+  for _, field in ipairs(IMPORT_FIELDS) do
+    local file = job.files[field]
+    if file then
+      current[DEFINITION_NAMES[field]] = file.content
+      current.file_ids[field] = file.id
+    end
+  end
+  replace_current_version(job.workflow, current)
+  job.status = "SUCCESS"
+end
+
+function Server:start_import_job(workflow, files)
+  local job = self:start_job({
+    job_type = "WORKFLOWS",
+    action = "IMPORT",
+    workflow = workflow,
+    files = files,
+    finish = finish_import,
+  })
+  return self:job_response(job)
 end
 
 function Server:import_workflow(request, params)
@@ -1955,11 +2280,10 @@ function Server:import_new_workflow(request)
   if type(name) ~= "string" or trim(name) == "" then
     return bad_request("field workflowName must be a non-empty string")
   end
-  for _, workflow in pairs(self.workflows) do
-    if workflow.name == name then
-      return error_response(409, "CONFLICT", string.format("a workflow named %s already exists (%s)",
-        quote(name), workflow.id))
-    end
+  local taken = self:workflow_named(name)
+  if taken then
+    return error_response(409, "CONFLICT", string.format("a workflow named %s already exists (%s)",
+      quote(name), taken.id))
   end
   local files = {}
   for _, field in ipairs(IMPORT_FIELDS) do
@@ -1971,40 +2295,9 @@ function Server:import_new_workflow(request)
   end
   -- The workflow exists from this request on, so that its name is taken at
   -- once; its definitions are stored only when the job succeeds.
-  local workflow = { id = "a-" .. new_uuid(), name = name, history = 0 }
+  local workflow = { id = "a-" .. new_uuid(), name = name, history = 0, deployed = false }
   self.workflows[workflow.id] = workflow
   return self:start_import_job(workflow, files)
-end
-
--- Ends a job: FAILED when one of its files is not valid JSON, otherwise
--- SUCCESS with the files stored as the workflow's current version.
-function Server.finish_job(_, job)
-  for _, field in ipairs(IMPORT_FIELDS) do
-    local file = job.files[field]
-    if file then
-      local value, err = json_decode(file.content)
-      if value == nil then
-        job.status = "FAILED"
-        job.message = string.format("file %s (%s) given as %s is not valid JSON: %s",
-          file.id, quote(file.filename or ""), field, err)
-        return
-      end
-    end
-  end
-  local workflow = job.workflow
-  if workflow.current then
-    workflow.history = workflow.history + 1
-  end
-  local current = { file_ids = {} }
-  for _, field in ipairs(IMPORT_FIELDS) do
-    local file = job.files[field]
-    if file then
-      current[DEFINITION_NAMES[field]] = file.content
-      current.file_ids[field] = file.id
-    end
-  end
-  workflow.current = current
-  job.status = "SUCCESS"
 end
 
 function Server:get_dock_status(_, params)
@@ -2015,18 +2308,12 @@ function Server:get_dock_status(_, params)
   if job.status == "IN_PROGRESS" then
     if job.polls_left > 0 then
       job.polls_left = job.polls_left - 1
+      job.polls_seen = job.polls_seen + 1
     else
       self:finish_job(job)
     end
   end
-  return json_response(200, {
-    _id = job.id,
-    workflowId = job.workflow.id,
-    jobType = "WORKFLOWS",
-    action = "IMPORT",
-    status = job.status,
-    message = job.message,
-  })
+  return json_response(200, self:job_record(job, "_id"))
 end
 
 ---------------------------------------------------------------------------
@@ -2077,14 +2364,27 @@ function Server:control_seed_workflow(request)
   if type(id) ~= "string" or id == "" then
     return bad_request("field id must be a non-empty workflow id string")
   end
-  if body.name ~= nil and body.name ~= cjson.null and type(body.name) ~= "string" then
-    return bad_request("field name must be a string")
+  local name = body.name
+  if is_present(name) and (type(name) ~= "string" or name == "") then
+    return bad_request("field name must be a non-empty string")
   end
-  if self.workflows[id] then
-    return json_response(200, { id = id, created = false })
+  local definitions
+  if is_present(body.definitions) then
+    local err
+    definitions, err = mock_workflows.validate_definitions(body.definitions)
+    if not definitions then
+      return bad_request(err)
+    end
   end
-  self.workflows[id] = { id = id, history = 0, name = type(body.name) == "string" and body.name or nil }
-  return json_response(201, { id = id, created = true })
+  if not self.workflows[id] and is_present(name) then
+    local taken = self:workflow_named(name)
+    if taken then
+      return error_response(409, "CONFLICT", string.format("a workflow named %s already exists (%s)",
+        quote(name), taken.id))
+    end
+  end
+  local _, created = self:seed_workflow(id, is_present(name) and name or nil, definitions)
+  return json_response(created and 201 or 200, { id = id, created = created })
 end
 
 function Server:control_workflow(_, params)
@@ -2096,6 +2396,7 @@ function Server:control_workflow(_, params)
   return json_response(200, {
     id = workflow.id,
     name = workflow.name,
+    deployed = workflow.deployed,
     imported = workflow.current ~= nil,
     workflowData = current.workflowData,
     flowData = current.flowData,
@@ -2105,19 +2406,29 @@ function Server:control_workflow(_, params)
   })
 end
 
+-- Returns nil when a signed link's query matches the signature and expiry
+-- of item, or a 403 response naming what is wrong.
+local function check_signed_query(query_text, item, what)
+  local query = parse_query(query_text or "")
+  if query.signature ~= item.signature then
+    return error_response(403, "FORBIDDEN",
+      string.format("missing or invalid signature: use the url returned by %s", what))
+  end
+  if tonumber(query.expires) ~= item.expires or os.time() > item.expires then
+    return error_response(403, "FORBIDDEN",
+      "the signed URL has expired or its expires value was changed")
+  end
+  return nil
+end
+
 function Server:control_file(request, params)
   local file = self.files[params[1]]
   if not file then
     return not_found(string.format("file %s not found", quote(params[1])))
   end
-  local query = parse_query(request.query or "")
-  if query.signature ~= file.signature then
-    return error_response(403, "FORBIDDEN",
-      "missing or invalid signature: use the url returned by the upload")
-  end
-  if tonumber(query.expires) ~= file.expires or os.time() > file.expires then
-    return error_response(403, "FORBIDDEN",
-      "the signed file URL has expired or its expires value was changed")
+  local forbidden = check_signed_query(request.query, file, "the upload")
+  if forbidden then
+    return forbidden
   end
   local disposition = nil
   if file.filename then
@@ -2131,12 +2442,73 @@ function Server:control_file(request, params)
   }
 end
 
+-- Returns a Content-Disposition value that offers file_name: a plain
+-- filename parameter with other characters than letters, digits and
+-- " -._" replaced by "_", and the exact name percent-encoded as UTF-8 in
+-- filename* (RFC 6266).
+local function attachment_disposition(file_name)
+  local plain = file_name:gsub("[^%w%-%._ ]", "_")
+  local encoded = file_name:gsub("[^%w%-%._~]", function(c)
+    return string.format("%%%02X", c:byte())
+  end)
+  return string.format("attachment; filename=\"%s\"; filename*=UTF-8''%s", plain, encoded)
+end
+
+function Server:control_export(request, params)
+  local export_id = params[1]:match("^(.+)%.zip$")
+  local export = export_id and self.exports[export_id]
+  if not export then
+    return not_found(string.format("export %s not found: the link names an export job id and ends in .zip",
+      quote(params[1])))
+  end
+  if not export.url then
+    return not_found(string.format("export %s has not finished: poll its dock status until SUCCESS",
+      quote(export_id)))
+  end
+  local forbidden = check_signed_query(request.query, export, "the export's dock status")
+  if forbidden then
+    return forbidden
+  end
+  return {
+    status = 200,
+    body_pieces = (mock_zip.archive(export.entries, export.time)),
+    content_type = "application/zip",
+    headers = { ["Content-Disposition"] = attachment_disposition(export.file_name) },
+  }
+end
+
 function Server.control_shutdown(_)
   local response = json_response(200, { stopping = true })
   response.close = true
   response.stop_after_send = "shutdown"
   return response
 end
+
+---------------------------------------------------------------------------
+-- Handlers in other modules
+---------------------------------------------------------------------------
+
+-- The helpers that the handler modules share with this file.
+local helpers = {
+  json_response = json_response,
+  error_response = error_response,
+  bad_request = bad_request,
+  not_found = not_found,
+  quote = quote,
+  json_object_body = json_object_body,
+  json_encode = json_encode,
+  new_uuid = new_uuid,
+  is_integer = is_integer,
+  is_present = is_present,
+  parse_query = parse_query,
+  multipart_boundary = multipart_boundary,
+  crc32 = mock_zip.crc32,
+  crc32_combine = mock_zip.crc32_combine,
+}
+
+mock_workflows.install(Server, helpers)
+mock_sessions.install(Server, helpers)
+mock_models.install(Server, helpers)
 
 mock.DEFAULT_WORKFLOW_ID = DEFAULT_WORKFLOW_ID
 mock.Server = Server

@@ -25,10 +25,25 @@ Options:
   --polls N             dock-status polls that return IN_PROGRESS before a
                         job ends (default 2)
   --delay SECONDS       delay added before every API reply (default 0)
-  --workflow ID         seed a workflow id; repeat for more (default:
-                        a-00000000-0000-4000-8000-000000000001)
-  --id-field NAME       job id field name in import replies: dockStatusId,
-                        dock-statusId or _id (default dockStatusId)
+  --workflow ID[=DIR]   seed a workflow id; with =DIR, its current version is
+                        read from the export directory DIR
+                        (app_definition.json, flow_definition.json and,
+                        when present, env_variables.json). Repeat for more
+                        (default: a-00000000-0000-4000-8000-000000000001)
+  --model ID            seed a model id with a small generated model file;
+                        repeat for more
+  --id-field NAME       job id field name in the replies that start jobs:
+                        dockStatusId, dock-statusId or _id (default
+                        dockStatusId)
+  --export-url-field NAME
+                        where a finished export's dock status carries its
+                        download link: downloadUrl inside "response", or
+                        downloadURL at the top level (default downloadUrl)
+  --session-ttl SECONDS how long an upload session accepts chunks after it
+                        starts (default 3600)
+  --max-single-upload BYTES
+                        file size from which POST /api/public/files answers
+                        413 (default 25000000)
   --idle-exit SECONDS   exit after SECONDS without any request (default:
                         never)
   --quiet               log only errors to standard error
@@ -37,9 +52,22 @@ Options:
 Without --api-key or --api-key-file, the key is read from the environment
 variable KORE_API_KEY.
 
+API routes, which need the key: POST /api/public/files,
+POST /api/public/files/session/start, POST /api/public/files/session/ID,
+POST /api/public/files/session/ID/complete, POST /api/public/workflows/import,
+POST /api/public/workflows/ID/import, POST /api/public/workflows/ID/export
+(also /workflow/ID/export, with an optional ?flowId=),
+POST /api/public/workflows/ID/deploy, POST /api/public/workflows/ID/undeploy
+(also /workflow/ID/undeploy), POST /api/public/models/ID/export,
+POST /api/public/models/ID/deploy?modelType=openSource|fineTune,
+POST /api/public/models/ID/undeploy, GET /api/public/dock-status/ID.
+
 Control routes, which need no key: GET /_mock/requests, POST /_mock/reset,
 POST /_mock/script, POST /_mock/workflows, GET /_mock/workflows/ID,
-GET /_mock/files/ID, POST /_mock/shutdown.
+POST /_mock/models, GET /_mock/models/ID, GET /_mock/files/ID,
+GET /_mock/exports/ID.zip (the signed download link of an export),
+POST /_mock/shutdown. The header of kore_workflow/mock.lua describes each
+route's request and reply.
 ]]
 
 -- Option specs: `value` names the argument shown in messages, `flag` marks
@@ -51,8 +79,12 @@ local OPTIONS = {
   ["--api-key-file"] = { key = "api_key_file", value = "FILE" },
   ["--polls"] = { key = "polls", value = "N" },
   ["--delay"] = { key = "delay", value = "SECONDS" },
-  ["--workflow"] = { key = "workflow", value = "ID", list = true },
+  ["--workflow"] = { key = "workflow", value = "ID[=DIR]", list = true },
+  ["--model"] = { key = "model", value = "ID", list = true },
   ["--id-field"] = { key = "id_field", value = "NAME" },
+  ["--export-url-field"] = { key = "export_url_field", value = "NAME" },
+  ["--session-ttl"] = { key = "session_ttl", value = "SECONDS" },
+  ["--max-single-upload"] = { key = "max_single_upload", value = "BYTES" },
   ["--idle-exit"] = { key = "idle_exit", value = "SECONDS" },
   ["--quiet"] = { key = "quiet", flag = true },
   ["--help"] = { key = "help", flag = true },
@@ -60,6 +92,7 @@ local OPTIONS = {
 }
 
 local ID_FIELDS = { dockStatusId = true, ["dock-statusId"] = true, _id = true }
+local EXPORT_URL_FIELDS = { downloadUrl = true, downloadURL = true }
 
 local function usage_error(message)
   io.stderr:write(PROGRAM, ": ", message, "\n",
@@ -71,7 +104,7 @@ end
 -- and a message. A leading "mock" subcommand word is skipped, so argv may
 -- be the whole command line after the program name.
 local function collect_options(argv)
-  local values = { workflow = {} }
+  local values = { workflow = {}, model = {} }
   local count = #argv
   local i = 1
   if argv[1] == "mock" then
@@ -140,10 +173,33 @@ local function read_key_file(path)
   return key
 end
 
+-- Splits --workflow values of the form ID or ID=DIR at the first "=".
+-- Returns the list of ids and the map of id to export directory, or nil,
+-- nil and a message.
+local function parse_workflows(values)
+  local ids, dirs = {}, {}
+  for _, value in ipairs(values) do
+    local id, dir = value:match("^([^=]*)=(.*)$")
+    id = id or value
+    if id == "" then
+      return nil, nil, string.format("invalid value %q for --workflow: expected ID or ID=DIR", value)
+    end
+    if dir then
+      if dir == "" then
+        return nil, nil, string.format("invalid value %q for --workflow: the directory after = is empty", value)
+      end
+      dirs[id] = dir
+    else
+      ids[#ids + 1] = id
+    end
+  end
+  return ids, dirs
+end
+
 -- Turns raw option strings into mock.new options. Returns the options, or
 -- nil and a message.
 local function build_options(values)
-  local options = { host = values.host, workflows = values.workflow }
+  local options = { host = values.host }
   local err
   if values.port then
     options.port, err = parse_number("--port", values.port, 0, true)
@@ -182,14 +238,41 @@ local function build_options(values)
     end
     options.id_field = values.id_field
   end
+  if values.session_ttl then
+    options.session_ttl, err = parse_number("--session-ttl", values.session_ttl, 0, false)
+    if not options.session_ttl then
+      return nil, err
+    end
+    if options.session_ttl == 0 then
+      return nil, "invalid value 0 for --session-ttl: expected a number of seconds greater than 0"
+    end
+  end
+  if values.max_single_upload then
+    options.max_single_upload, err = parse_number("--max-single-upload", values.max_single_upload, 1, true)
+    if not options.max_single_upload then
+      return nil, err
+    end
+  end
+  if values.export_url_field then
+    if not EXPORT_URL_FIELDS[values.export_url_field] then
+      return nil, string.format("invalid value %q for --export-url-field: expected downloadUrl or downloadURL",
+        values.export_url_field)
+    end
+    options.export_url_field = values.export_url_field
+  end
   if values.host == "" then
     return nil, "invalid empty value for --host"
   end
-  for _, id in ipairs(values.workflow) do
+  options.workflows, options.workflow_dirs, err = parse_workflows(values.workflow)
+  if not options.workflows then
+    return nil, err
+  end
+  for _, id in ipairs(values.model) do
     if id == "" then
-      return nil, "invalid empty value for --workflow"
+      return nil, "invalid empty value for --model"
     end
   end
+  options.models = values.model
   return options
 end
 
@@ -245,7 +328,13 @@ function mock_cli.run(argv)
     end
   end
 
-  local server = mock.new(options)
+  local created, server = pcall(mock.new, options)
+  if not created then
+    -- Drops the "file:line:" position and the function name that mock.new
+    -- puts before its message, such as an unreadable --workflow directory.
+    local message = tostring(server):gsub("^[^:]*:%d+: ", ""):gsub("^kore_workflow%.mock%.new: ", "")
+    return usage_error(message)
+  end
   local ok
   ok, err = server:listen()
   if not ok then

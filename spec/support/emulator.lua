@@ -103,16 +103,36 @@ function Emulator:script(script)
   return (self:control("POST", "/_mock/script", script))
 end
 
-function Emulator:seed_workflow(id, name)
-  return (self:control("POST", "/_mock/workflows", { id = id, name = name }))
+-- Seeds a workflow. definitions, when given, is {workflowData, flowData,
+-- envVariables} of strings, stored as the workflow's current version.
+function Emulator:seed_workflow(id, name, definitions)
+  return (self:control("POST", "/_mock/workflows", { id = id, name = name, definitions = definitions }))
+end
+
+local function encode_segment(id)
+  return (id:gsub("[^%w%-._~]", function(c)
+    return string.format("%%%02X", c:byte())
+  end))
 end
 
 -- Returns the stored definitions of a workflow, or nil for an unknown id.
 function Emulator:workflow(id)
-  local path = "/_mock/workflows/" .. id:gsub("[^%w%-._~]", function(c)
-    return string.format("%%%02X", c:byte())
-  end)
-  local value, status = self:control("GET", path, nil, { 200, 404 })
+  local value, status = self:control("GET", "/_mock/workflows/" .. encode_segment(id), nil, { 200, 404 })
+  if status == 404 then
+    return nil
+  end
+  return value
+end
+
+-- Seeds a model. fileName and content of its model file are optional.
+function Emulator:seed_model(id, file_name, content)
+  return (self:control("POST", "/_mock/models", { id = id, fileName = file_name, content = content }))
+end
+
+-- Returns a model's file name, size, import and deploy state, or nil for
+-- an unknown id.
+function Emulator:model(id)
+  local value, status = self:control("GET", "/_mock/models/" .. encode_segment(id), nil, { 200, 404 })
   if status == 404 then
     return nil
   end
@@ -137,7 +157,9 @@ end
 
 -- Starts an emulator process and waits for its base URL. Options:
 -- api_key (default "kg-test-key"), polls, delay, workflows (list of ids),
--- id_field, idle_exit (seconds, default 300, so that a process left behind
+-- workflow_dirs (map of workflow id to export directory), models (list of
+-- ids), id_field, export_url_field, session_ttl, max_single_upload,
+-- idle_exit (seconds, default 300, so that a process left behind
 -- by a crashed test run exits by itself), lua (interpreter, default
 -- $KORE_TEST_LUA or "lua5.4"), script (default bin/mock-server), verbose
 -- (log requests to standard error), log_file (append standard error there).
@@ -175,6 +197,21 @@ function emulator.start(opts)
   end
   for _, id in ipairs(opts.workflows or {}) do
     add("--workflow", id)
+  end
+  for id, dir in pairs(opts.workflow_dirs or {}) do
+    add("--workflow", id .. "=" .. dir)
+  end
+  for _, id in ipairs(opts.models or {}) do
+    add("--model", id)
+  end
+  if opts.export_url_field then
+    add("--export-url-field", opts.export_url_field)
+  end
+  if opts.session_ttl then
+    add("--session-ttl", opts.session_ttl)
+  end
+  if opts.max_single_upload then
+    add("--max-single-upload", opts.max_single_upload)
   end
   if not opts.verbose then
     add("--quiet")
