@@ -156,6 +156,7 @@ typedef struct kw_request {
   char *chunk_number;   /* decimal text of the chunk number */
   long long range_offset; /* a chunk's first byte in file_path */
   long long range_length; /* a chunk's length, or -1 for the whole file */
+  long long range_position; /* bytes of the range read so far */
   FILE *file;           /* the open file of a chunk, or of a download */
   char *download_path;  /* the file a download is written to */
   char *download_part;  /* the temporary file the download is written to first */

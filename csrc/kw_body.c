@@ -171,10 +171,17 @@ void kw_body_check_fields(lua_State *L, kw_request *req, int arg, const char *fn
 static size_t chunk_read(char *buffer, size_t size, size_t count, void *userdata)
 {
   kw_request *req = userdata;
-  size_t n = fread(buffer, 1, size * count, req->file);
+  size_t wanted = size * count;
+  long long left = req->range_length - req->range_position;
+  size_t n;
 
-  if (n == 0 && ferror(req->file))
+  /* libcurl offers a buffer larger than what is left of the range. */
+  if ((long long)wanted > left)
+    wanted = left > 0 ? (size_t)left : 0;
+  n = fread(buffer, 1, wanted, req->file);
+  if (n < wanted && ferror(req->file))
     return CURL_READFUNC_ABORT;
+  req->range_position += (long long)n;
   return n;
 }
 
@@ -187,6 +194,7 @@ static int chunk_seek(void *userdata, curl_off_t offset, int origin)
     return CURL_SEEKFUNC_CANTSEEK;
   if (fseeko(req->file, (off_t)(req->range_offset + offset), SEEK_SET) != 0)
     return CURL_SEEKFUNC_FAIL;
+  req->range_position = offset;
   return CURL_SEEKFUNC_OK;
 }
 
@@ -255,6 +263,7 @@ int kw_body_prepare_chunk(lua_State *L, kw_request *req, int fields)
     return local_error(L, req, lua_pushfstring(L, "cannot upload a chunk of '%s': %s",
                                                req->file_path, strerror(errno)),
                        "check the path and that the file is readable");
+  req->range_position = 0;
   if (fseeko(req->file, (off_t)req->range_offset, SEEK_SET) != 0)
     return local_error(L, req, lua_pushfstring(L, "cannot seek in '%s': %s",
                                                req->file_path, strerror(errno)),
