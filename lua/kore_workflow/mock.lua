@@ -39,19 +39,22 @@
 --     record (IMPORT). The job FAILS when a file is not valid JSON;
 --   POST /api/public/workflows/ID/export, also /api/public/workflow/ID/export,
 --     with an optional ?flowId= -> job record (EXPORT) with "exportJobId":
---     "workflow-ej-<uuid>". 400 when the workflow has no definitions yet. On
---     SUCCESS the dock status carries the signed download link of a zip named
---     after the workflow that holds flow_definition.json, app_definition.json
---     and env_variables.json ("[]" when the workflow has none): by default as
---     {"response": {"downloadUrl": URL}}, or top-level "downloadURL" when
---     export_url_field is "downloadURL";
+--     "workflow-ej-<uuid>". 400 when the workflow has no definitions yet or
+--     flowId is empty. On SUCCESS the dock status carries the signed download
+--     link of a zip named after the workflow that contains
+--     flow_definition.json, app_definition.json and env_variables.json ("[]"
+--     when the workflow has none). The link is {"response": {"downloadUrl":
+--     URL}} by default, or a top-level "downloadURL" when export_url_field
+--     is "downloadURL". The zip contains the version that was current when
+--     the export was requested;
 --   POST /api/public/workflows/ID/deploy: JSON {isAsync: boolean, required}
 --     -> job record (DEPLOY), already SUCCESS when isAsync is false;
 --   POST /api/public/workflows/ID/undeploy, also /api/public/workflow/ID/
 --     undeploy, no body -> job record (UNDEPLOY);
 --   POST /api/public/models/ID/export -> job record (MODELS, EXPORT) with
---     "exportJobId": "model-ej-<uuid>"; on SUCCESS the download link of a zip
---     holding the model file, placed as for workflow exports;
+--     "exportJobId": "model-ej-<uuid>". On SUCCESS the dock status carries
+--     the download link of a zip that contains the model file, placed as for
+--     workflow exports;
 --   POST /api/public/models/ID/deploy?modelType=openSource|fineTune: JSON
 --     {name (required string), deviceType (string), hyperParameters,
 --     scalingParameters, optimizationInfo (objects)} -> job record (DEPLOY);

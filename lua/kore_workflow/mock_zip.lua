@@ -26,30 +26,16 @@ local floor = math.floor
 -- Bitwise operations on unsigned 32-bit numbers
 ---------------------------------------------------------------------------
 
--- Returns the bitwise exclusive or of two numbers below 2^32, computed byte
--- by byte with arithmetic only.
-local XOR_BYTES = {}
-for a = 0, 255 do
-  for b = 0, 255 do
-    local result, bit_value, x, y = 0, 1, a, b
-    while x > 0 or y > 0 do
-      if x % 2 ~= y % 2 then
-        result = result + bit_value
-      end
-      x, y = floor(x / 2), floor(y / 2)
-      bit_value = bit_value * 2
+-- Returns the bitwise exclusive or of two numbers below 2^32 with
+-- arithmetic only, one bit at a time. It builds the CRC table at load time.
+local function bitwise_xor(a, b)
+  local result, bit_value = 0, 1
+  for _ = 1, 32 do
+    if a % 2 ~= b % 2 then
+      result = result + bit_value
     end
-    XOR_BYTES[a * 256 + b + 1] = result
-  end
-end
-
-local function arithmetic_xor(a, b)
-  local result, scale = 0, 1
-  for _ = 1, 4 do
-    local low_a, low_b = a % 256, b % 256
-    result = result + XOR_BYTES[low_a * 256 + low_b + 1] * scale
-    a, b = (a - low_a) / 256, (b - low_b) / 256
-    scale = scale * 256
+    a, b = floor(a / 2), floor(b / 2)
+    bit_value = bit_value * 2
   end
   return result
 end
@@ -61,7 +47,7 @@ for n = 0, 255 do
   local value = n
   for _ = 1, 8 do
     if value % 2 == 1 then
-      value = arithmetic_xor(floor(value / 2), POLYNOMIAL)
+      value = bitwise_xor(floor(value / 2), POLYNOMIAL)
     else
       value = floor(value / 2)
     end
@@ -131,7 +117,32 @@ end
 
 -- Builds the operations from table lookups alone. The register is kept as
 -- four bytes, lowest first, and the CRC table is split the same way.
+-- xor_bytes[a * 256 + b + 1] is the exclusive or of two bytes a and b.
 local function arithmetic_operations()
+  local xor_nibbles = {}
+  for a = 0, 15 do
+    for b = 0, 15 do
+      xor_nibbles[a * 16 + b + 1] = bitwise_xor(a, b)
+    end
+  end
+  local xor_bytes = {}
+  for a = 0, 255 do
+    local high_a, low_a = floor(a / 16), a % 16
+    for b = 0, 255 do
+      local high_b, low_b = floor(b / 16), b % 16
+      xor_bytes[a * 256 + b + 1] = xor_nibbles[high_a * 16 + high_b + 1] * 16 + xor_nibbles[low_a * 16 + low_b + 1]
+    end
+  end
+  local function arithmetic_xor(a, b)
+    local result, scale = 0, 1
+    for _ = 1, 4 do
+      local low_a, low_b = a % 256, b % 256
+      result = result + xor_bytes[low_a * 256 + low_b + 1] * scale
+      a, b = (a - low_a) / 256, (b - low_b) / 256
+      scale = scale * 256
+    end
+    return result
+  end
   local table_bytes = { {}, {}, {}, {} }
   for n = 0, 255 do
     local value = CRC_TABLE[n]
@@ -141,7 +152,6 @@ local function arithmetic_operations()
     end
   end
   local t1, t2, t3, t4 = table_bytes[1], table_bytes[2], table_bytes[3], table_bytes[4]
-  local xor_bytes = XOR_BYTES
   local function update(register, data)
     local r1 = register % 256
     register = (register - r1) / 256
