@@ -76,6 +76,9 @@
 --     time in seconds, with a fraction, when the request head was read) and
 --     closed ("drop" or "reset") for a scripted close. Bodies themselves are
 --     never kept;
+--     Downloads from the signed links below (GET /_mock/files/ and
+--     GET /_mock/exports/) are logged too, with the signature value replaced
+--     by "***", and scripts apply to them as to API routes;
 --   POST /_mock/reset          clears the request log and pending scripts;
 --   POST /_mock/script         queues scripted responses for a route;
 --   POST /_mock/workflows      seeds a workflow {id, name, definitions}, where
@@ -1400,8 +1403,14 @@ function Server:serve_request(conn)
     return false
   end
   local is_control = request.path == "/_mock" or request.path:sub(1, 7) == "/_mock/"
+  -- The signed links of uploads and exports stand for the real server's
+  -- storage URLs, so requests to them are logged and scriptable like API
+  -- requests, though they need no key.
+  request.is_download = is_control and (request.path:find("^/_mock/files/") ~= nil
+    or request.path:find("^/_mock/exports/") ~= nil)
+  local logged = not is_control or request.is_download
   local entry
-  if not is_control then
+  if logged then
     entry = self:take_script_entry(request)
   end
 
@@ -1416,7 +1425,7 @@ function Server:serve_request(conn)
   end
   request.body = body or ""
   local record
-  if not is_control then
+  if logged then
     record = self:record_request(request)
     record.connection = conn.number
     record.received_at = started
@@ -1435,7 +1444,7 @@ function Server:serve_request(conn)
     return false
   end
 
-  if is_control then
+  if is_control and not request.is_download then
     return self:answer_control(conn, request, started)
   end
   return self:answer_api(conn, request, record, started, entry)
@@ -1490,7 +1499,8 @@ function Server:answer_control(conn, request, started)
 end
 
 function Server:call_api_handler(request, record)
-  local ok, response = pcall(self.handle_api, self, request, record)
+  local handle = request.is_download and self.handle_control or self.handle_api
+  local ok, response = pcall(handle, self, request, record)
   if ok then
     return response
   end
@@ -1498,8 +1508,12 @@ function Server:call_api_handler(request, record)
   return error_response(500, "INTERNAL_ERROR", "internal emulator error: " .. tostring(response))
 end
 
+-- Answers an API request or a download from a signed link, with the
+-- request's script entry if one matched. Only API replies wait for `delay`.
 function Server:answer_api(conn, request, record, started, entry)
-  conn:sleep(self.delay)
+  if not request.is_download then
+    conn:sleep(self.delay)
+  end
   local response
   if entry then
     conn:sleep(entry.delay)
@@ -1559,9 +1573,14 @@ function Server:record_request(request)
   for name, value in pairs(request.headers) do
     headers[name] = REDACTED_HEADERS[name] and "***" or value
   end
+  local path = request.target
+  if request.is_download then
+    -- A link's signature is a secret, like the API key.
+    path = path:gsub("([?&]signature=)[^&]*", "%1***")
+  end
   local record = {
     method = request.method,
-    path = request.target,
+    path = path,
     headers = headers,
     key_ok = self:key_matches(request.headers["x-api-key"]),
     body_size = #(request.body or ""),
