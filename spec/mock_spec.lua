@@ -1929,6 +1929,24 @@ describe("mock emulator single upload limit", function()
     assert.is_string(reply.fileId)
   end)
 
+  it("rejects a body over max_body before reading it", function()
+    local emu = emulator.start({ api_key = KEY })
+    finally(function()
+      emu:stop()
+    end)
+    local sock = connect(emu)
+    sock:send(raw_request("POST", "/api/public/files", {
+      "x-api-key: " .. KEY,
+      "Content-Type: multipart/form-data; boundary=b",
+      "Content-Length: " .. (65 * MIB),
+    }))
+    local status, headers, body = read_response(sock)
+    sock:close()
+    assert.equal(413, status)
+    assert.equal("close", headers.connection)
+    assert.truthy(decode(body).message:find("/api/public/files/session/start", 1, true), body)
+  end)
+
   it("applies max_single_upload at its exact size", function()
     local emu = emulator.start({ api_key = KEY, max_single_upload = 1000 })
     finally(function()

@@ -1434,6 +1434,10 @@ function Server:serve_request(conn)
     end
   end
   if not body then
+    if status == 413 and request.path == "/api/public/files" then
+      framing_error = framing_error .. string.format(": upload files of %d bytes and more in chunks through an "
+        .. "upload session, POST /api/public/files/session/start", self.max_single_upload)
+    end
     local response = error_response(status, PROTOCOL_ERROR_CODES[status] or "BAD_REQUEST", framing_error)
     response.close = true
     if record then
