@@ -40,6 +40,10 @@ build = {
     ["kore_workflow.cli"] = "lua/kore_workflow/cli.lua",
     ["kore_workflow.mock"] = "lua/kore_workflow/mock.lua",
     ["kore_workflow.mock_cli"] = "lua/kore_workflow/mock_cli.lua",
+    ["kore_workflow.mock_zip"] = "lua/kore_workflow/mock_zip.lua",
+    ["kore_workflow.mock_workflows"] = "lua/kore_workflow/mock_workflows.lua",
+    ["kore_workflow.mock_sessions"] = "lua/kore_workflow/mock_sessions.lua",
+    ["kore_workflow.mock_models"] = "lua/kore_workflow/mock_models.lua",
   },
   install = {
     bin = { ["kore-workflow"] = "bin/kore-workflow.lua" },

@@ -82,7 +82,7 @@ const kw_endpoint kw_endpoints[] = {
   {
     "workflow", "import_new", "POST",
     "/api/public/workflows/import", NULL,
-    "workflow", "import of new workflow",
+    "workflow", "import of a new workflow",
     KW_BODY_JSON, import_new_required, import_new_optional,
     KW_RESULT_JOB, 0, NULL
   },
@@ -110,7 +110,7 @@ const kw_endpoint kw_endpoints[] = {
   {
     "files", "session_start", "POST",
     "/api/public/files/session/start", NULL,
-    "file", "start of upload session for",
+    "file", "start of an upload session",
     KW_BODY_JSON, no_fields, no_fields,
     KW_RESULT_SESSION, 0, session_start_fields
   },

@@ -33,8 +33,11 @@ static const char *subject(lua_State *L, const kw_request *req)
 
   luaL_buffinit(L, &b);
   luaL_addstring(&b, req->endpoint->action);
-  luaL_addchar(&b, ' ');
-  kw_sanitise(&b, req->id, strlen(req->id), 200);
+  /* Calls such as workflow.import_new name no id in their path. */
+  if (req->id != NULL) {
+    luaL_addchar(&b, ' ');
+    kw_sanitise(&b, req->id, strlen(req->id), 200);
+  }
   luaL_pushresult(&b);
   return lua_tostring(L, -1);
 }

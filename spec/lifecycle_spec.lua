@@ -88,6 +88,18 @@ describe("life cycle", function()
     assert.equal(fixtures.read_file(fixtures.EXAMPLE_DIR .. "/flow_definition.json"), stored.flowData)
   end)
 
+  it("reports a taken name of a new workflow", function()
+    local fields = upload_example()
+    fields.workflowName = "Taken " .. os.time() .. "-" .. math.random(1e6)
+    assert(client.workflow.import_new(fields))
+    local job, err = client.workflow.import_new(fields)
+    assert.is_nil(job)
+    assert.equal("http", err.kind)
+    assert.equal(409, err.status)
+    assert.matches("import of a new workflow failed with HTTP 409", err.message, 1, true)
+    assert.matches(fields.workflowName, err.message, 1, true)
+  end)
+
   it("rejects a new import without a name before any request", function()
     local ok, message = pcall(client.workflow.import_new, { workflowDataFileId = "a",
                                                            flowDataFileId = "b" })
