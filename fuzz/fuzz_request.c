@@ -1,8 +1,10 @@
 /*
  * Fuzz target: the Lua arguments of an API call, built into a request by
  * kw_request_prepare without performing it. It covers the id check and the
- * id's escaping into the URL (curl_easy_escape), the JSON body's field check
- * and encoding, the per-call options and the header lines.
+ * id's escaping into the URL (curl_easy_escape), the JSON body's field
+ * check and encoding, typed fields and the query string, the per-call
+ * options, the upload forms and the header lines. Every endpoint is fuzzed
+ * but files.download, which would write to a path the fuzzer chose.
  *
  * Checked for every input that prepare accepts: the URL is the client's base
  * URL, the endpoint's path and the escaped id, which decodes back to the id
@@ -10,6 +12,8 @@
  * fields passed, and the limits are in range. For every input that prepare
  * rejects, the error is a string that does not contain the API key.
  */
+#include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,16 +21,45 @@
 #include "kwf.h"
 
 /*
- * NOTE: kw_request.c escapes the id into the URL with strlen and opens the
- * upload path as a C string, so an id or path that contains a NUL byte is
- * used only up to that byte. import("a-1\0x", ...) is sent to workflow a-1. Until
- * kw_request_prepare rejects such arguments, this target accepts an id or
- * path cut at its first NUL, even one cut to nothing (status("\0x") asks for
- * /api/public/dock-status/); build with -DKWF_STRICT_NUL=1 to require the
- * whole value.
+ * An id or path with a NUL byte used to be cut at that byte (status("d\0x")
+ * asked for dock status d), until kw_request_prepare rejected them. Build
+ * with -DKWF_STRICT_NUL=0 to accept such a cut, for a core from before.
  */
 #ifndef KWF_STRICT_NUL
-#define KWF_STRICT_NUL 0
+#define KWF_STRICT_NUL 1
+#endif
+
+/*
+ * NOTE: read_upload_options in kw_request.c copies the context and filename
+ * options with strlen, so upload(path, { context = "bulk\0x" }) sends the
+ * context "bulk". Until those options with a NUL byte are rejected, the
+ * form is checked against the option cut at its first NUL; build with
+ * -DKWF_STRICT_NUL_OPTIONS=1 to require the whole value.
+ */
+#ifndef KWF_STRICT_NUL_OPTIONS
+#define KWF_STRICT_NUL_OPTIONS 0
+#endif
+
+/*
+ * NOTE: kw_body_prepare_chunk in kw_body.c converts chunk_number to int with
+ * a cast, which is undefined behaviour for an integer above INT_MAX (the
+ * field accepts integers up to 2^53). Until the field is range-checked, this
+ * target keeps chunk_number within int; build with -DKWF_ANY_CHUNK_NUMBER=1
+ * to pass any integer.
+ */
+#ifndef KWF_ANY_CHUNK_NUMBER
+#define KWF_ANY_CHUNK_NUMBER 0
+#endif
+
+/*
+ * NOTE: files.upload_data leaks the copy of its filename option, because
+ * kw_body_prepare_data sets req->file_name over the one that
+ * read_upload_options made. Until that is fixed, this target passes no
+ * filename option to upload_data; build with -DKWF_DATA_FILENAME_OPTION=1
+ * to pass it.
+ */
+#ifndef KWF_DATA_FILENAME_OPTION
+#define KWF_DATA_FILENAME_OPTION 0
 #endif
 
 static kwf_env *env;
@@ -39,10 +72,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
   return 0;
 }
 
-/* Returns the length of the value as the core is expected to use it. */
-static size_t used_length(const char *value, size_t len)
+/* Returns the length of the value as the core is expected to use it: whole when strict, else up to a NUL. */
+static size_t used_length(const char *value, size_t len, int strict)
 {
-  if (KWF_STRICT_NUL)
+  if (strict)
     return len;
   return strnlen(value, len);
 }
@@ -56,6 +89,31 @@ static int is_unreserved(unsigned char c)
 static int is_hex(unsigned char c)
 {
   return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+/* Checks that the URL ends with the request's query string, made of name=value pairs in URL-safe characters. */
+static void check_query(const char *rest, const char *query)
+{
+  size_t i;
+
+  if (query == NULL) {
+    if (rest[0] != '\0')
+      kwf_fail("a URL without query fields ends with its path", rest, strlen(rest));
+    return;
+  }
+  if (strcmp(rest, query) != 0 || query[0] != '?')
+    kwf_fail("the URL ends with the query string", rest, strlen(rest));
+  for (i = 1; query[i] != '\0'; i++) {
+    unsigned char c = (unsigned char)query[i];
+
+    if (c == '%' && is_hex((unsigned char)query[i + 1]) && is_hex((unsigned char)query[i + 2])) {
+      i += 2;
+      continue;
+    }
+    if (!is_unreserved(c) && c != '=' && c != '&')
+      kwf_fail("the query string holds only name=value pairs in URL-safe characters",
+               query, strlen(query));
+  }
 }
 
 static void check_url(lua_State *L, const kw_request *req, int id_arg)
@@ -74,17 +132,19 @@ static void check_url(lua_State *L, const kw_request *req, int id_arg)
   if (strncmp(req->url, base, base_len) != 0)
     kwf_fail("the URL starts with the client's base URL", req->url, strlen(req->url));
   path = req->url + base_len;
-  if (strcmp(path, req->path) != 0)
-    kwf_fail("the URL's path is the request's path", req->path, strlen(req->path));
+  path_len = strlen(req->path);
+  if (strncmp(path, req->path, path_len) != 0)
+    kwf_fail("the URL's path is the request's path", req->path, path_len);
+  check_query(path + path_len, req->query);
   if (strncmp(path, ep->path_prefix, prefix_len) != 0)
     kwf_fail("the path starts with the endpoint's prefix", path, strlen(path));
   if (ep->path_suffix == NULL) {
-    if (path[prefix_len] != '\0')
-      kwf_fail("a path without an id is the prefix alone", path, strlen(path));
+    if (req->path[prefix_len] != '\0')
+      kwf_fail("a path without an id is the prefix alone", req->path, path_len);
     return;
   }
 
-  path_len = strlen(path);
+  path = req->path;
   suffix_len = strlen(ep->path_suffix);
   if (path_len < prefix_len + suffix_len ||
       strcmp(path + path_len - suffix_len, ep->path_suffix) != 0)
@@ -96,7 +156,7 @@ static void check_url(lua_State *L, const kw_request *req, int id_arg)
   id = lua_tolstring(L, id_arg, &id_len);
   if (id == NULL)
     kwf_fail("an accepted id is a string after prepare", NULL, 0);
-  id_len = used_length(id, id_len);
+  id_len = used_length(id, id_len, KWF_STRICT_NUL);
   if (segment_len == 0 && id_len > 0)
     kwf_fail("the id segment is not empty", path, path_len);
   for (i = 0; i < segment_len; i++) {
@@ -132,11 +192,14 @@ static void check_headers(const kw_request *req)
   const struct curl_slist *line;
   const char *expected_key = "x-api-key: " KWF_KEY;
 
-  if (req->headers == NULL || strcmp(req->headers->data, expected_key) != 0)
+  if (req->send_key && (req->headers == NULL || strcmp(req->headers->data, expected_key) != 0))
     kwf_fail("the first header line sends the client's key", NULL, 0);
-  for (line = req->headers; line != NULL; line = line->next)
+  for (line = req->headers; line != NULL; line = line->next) {
     if (!kwf_printable(line->data, strlen(line->data)))
       kwf_fail("every header line is printable", line->data, strlen(line->data));
+    if (!req->send_key && kwf_contains(line->data, strlen(line->data), KWF_KEY))
+      kwf_fail("a request that must not send the key has no key header", NULL, 0);
+  }
 }
 
 /* Decodes req->body with the client's codec and compares it with the fields of the table at body_arg. */
@@ -201,7 +264,7 @@ static void check_string_option(lua_State *L, int options, const char *name,
     lua_getfield(L, options, name);
     if (lua_type(L, -1) == LUA_TSTRING) {
       expected = lua_tolstring(L, -1, &len);
-      len = used_length(expected, len);
+      len = used_length(expected, len, KWF_STRICT_NUL_OPTIONS);
     }
   }
   if (actual == NULL || strlen(actual) != len || memcmp(actual, expected, len) != 0)
@@ -210,13 +273,49 @@ static void check_string_option(lua_State *L, int options, const char *name,
     lua_pop(L, 1);
 }
 
+/* Checks that the JSON body of a typed-field endpoint holds only body fields, each of its type. */
+static void check_typed_body(lua_State *L, const kw_request *req)
+{
+  const kw_field *f;
+  int decoded;
+
+  if (req->body == NULL || req->body_len == 0 || req->body[0] != '{')
+    kwf_fail("the JSON body is an object", req->body, req->body ? req->body_len : 0);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, env->codec_ref);
+  lua_getfield(L, -1, "decode");
+  lua_pushlstring(L, req->body, req->body_len);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK || lua_type(L, -1) != LUA_TTABLE)
+    kwf_fail("the JSON body decodes to a table", req->body, req->body_len);
+  decoded = lua_gettop(L);
+  lua_pushnil(L);
+  while (lua_next(L, decoded) != 0) {
+    int type = lua_type(L, -1);
+    int found = 0;
+
+    lua_pop(L, 1);
+    for (f = req->endpoint->fields; f->name != NULL && lua_type(L, -1) == LUA_TSTRING; f++) {
+      if (strcmp(f->json_name, lua_tostring(L, -1)) != 0 ||
+          (f->flags & (KW_FIELD_QUERY | KW_FIELD_LOCAL)))
+        continue;
+      found = 1;
+      if ((f->type == KW_STRING && type != LUA_TSTRING) ||
+          (f->type == KW_INTEGER && type != LUA_TNUMBER) ||
+          (f->type == KW_BOOLEAN && type != LUA_TBOOLEAN))
+        kwf_fail("each body field is sent with its type", f->name, strlen(f->name));
+    }
+    if (!found)
+      kwf_fail("the body holds only the endpoint's body fields", req->body, req->body_len);
+  }
+  lua_pop(L, 2);
+}
+
 static void check_upload(lua_State *L, const kw_request *req, int path_arg, int options)
 {
   size_t len;
   const char *path = lua_tolstring(L, path_arg, &len);
   const char *base;
 
-  len = used_length(path, len);
+  len = used_length(path, len, KWF_STRICT_NUL);
   if (req->file_path == NULL || strlen(req->file_path) != len ||
       memcmp(req->file_path, path, len) != 0)
     kwf_fail("the upload reads the path given", req->file_path,
@@ -239,6 +338,14 @@ static void check_limits(const kw_request *req)
     kwf_fail("the call's limits are in range", NULL, 0);
 }
 
+/* The number of Lua arguments of the endpoint's call, as endpoint_arity in kw_core.c counts them. */
+static int endpoint_arity(const kw_endpoint *ep)
+{
+  if (ep->body == KW_BODY_DOWNLOAD || ep->body == KW_BODY_DATA)
+    return 3;
+  return (ep->path_suffix != NULL) + (ep->body != KW_BODY_NONE || ep->fields != NULL) + 1;
+}
+
 /*
  * Upvalue 1: the endpoint; upvalue 2: the client handle. Arguments: those of
  * the API call. Prepares the request as the bound call would, then checks it.
@@ -246,7 +353,7 @@ static void check_limits(const kw_request *req)
 static int prepare_and_check(lua_State *L)
 {
   const kw_endpoint *ep = lua_touserdata(L, lua_upvalueindex(1));
-  int arity = (ep->path_suffix != NULL) + (ep->body != KW_BODY_NONE) + 1;
+  int arity = endpoint_arity(ep);
   int client_index;
   kw_request *req;
   int pushed;
@@ -269,10 +376,14 @@ static int prepare_and_check(lua_State *L)
   check_url(L, req, 1);
   check_headers(req);
   check_limits(req);
-  if (ep->body == KW_BODY_JSON)
-    check_body(L, req, 2);
+  if (ep->body == KW_BODY_JSON && ep->fields == NULL)
+    check_body(L, req, ep->path_suffix != NULL ? 2 : 1);
+  if (ep->body == KW_BODY_JSON && ep->fields != NULL)
+    check_typed_body(L, req);
   if (ep->body == KW_BODY_FILE)
     check_upload(L, req, 1, 2);
+  if ((ep->body == KW_BODY_CHUNK || ep->body == KW_BODY_DATA) && req->mime == NULL)
+    kwf_fail("an accepted upload has its form built", NULL, 0);
   return 0;
 }
 
@@ -304,8 +415,60 @@ static void push_body(lua_State *L, kwf_input *in, const kw_endpoint *ep)
   }
 }
 
+/* Pushes a path that is never one the fuzzer chose: a file that does not exist, or the harness's own. */
+static void push_safe_path(lua_State *L, kwf_input *in)
+{
+  if (kwf_byte(in) % 2 == 0) {
+    lua_pushstring(L, env->tmp_file);
+    return;
+  }
+  lua_pushliteral(L, "/kwf-nonexistent/");
+  kwf_push_bytes(L, in, 256);
+  lua_concat(L, 2);
+}
+
+/* Pushes a table of typed fields, most of them of their field's type. */
+static void push_typed_fields(lua_State *L, kwf_input *in, const kw_endpoint *ep)
+{
+  const kw_field *f;
+
+  lua_newtable(L);
+  for (f = ep->fields; f->name != NULL; f++) {
+    unsigned choice = kwf_byte(in) % 8;
+
+    if (choice == 0)
+      continue;
+    if (strcmp(f->name, "path") == 0)
+      push_safe_path(L, in);
+    else if (choice == 1 || f->type == KW_TABLE)
+      kwf_push_value(L, in, 1);
+    else if (f->type == KW_STRING)
+      kwf_push_bytes(L, in, 512);
+    else if (f->type == KW_BOOLEAN)
+      lua_pushboolean(L, kwf_byte(in) & 1);
+    else if (choice < 5)
+      lua_pushinteger(L, (lua_Integer)(int8_t)kwf_byte(in));
+    else
+      kwf_push_value(L, in, 1);
+    if (!KWF_ANY_CHUNK_NUMBER && strcmp(f->name, "chunk_number") == 0 &&
+        lua_type(L, -1) == LUA_TNUMBER && !(fabs(lua_tonumber(L, -1)) <= INT_MAX)) {
+      lua_pop(L, 1);
+      lua_pushinteger(L, 1);
+    }
+    lua_setfield(L, -2, f->name);
+  }
+  if (kwf_byte(in) % 8 == 0) {
+    kwf_push_word(L, in);
+    kwf_push_value(L, in, 1);
+    if (lua_isnil(L, -2))
+      lua_pop(L, 2);
+    else
+      lua_rawset(L, -3);
+  }
+}
+
 /* Pushes an options table with the per-call options set to edge values, or nil. */
-static void push_options(lua_State *L, kwf_input *in)
+static void push_options(lua_State *L, kwf_input *in, const kw_endpoint *ep)
 {
   static const char *const names[] = {
     "connect_timeout", "timeout", "stall_timeout", "max_response", "context", "filename", NULL
@@ -325,6 +488,8 @@ static void push_options(lua_State *L, kwf_input *in)
   for (i = 0; names[i] != NULL; i++) {
     if (!(present & (1u << i)))
       continue;
+    if (!KWF_DATA_FILENAME_OPTION && ep->body == KW_BODY_DATA && strcmp(names[i], "filename") == 0)
+      continue;
     if (i < 4 && kwf_byte(in) % 2 == 0)
       lua_pushnumber(L, (double)kwf_uint(in, 4) / (double)(1 + kwf_byte(in)));
     else
@@ -338,9 +503,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
   lua_State *L = env->L;
   kwf_input in = { data, size, 0 };
   int base = lua_gettop(L);
-  const kw_endpoint *ep = &kw_endpoints[kwf_byte(&in) % 3];
+  const kw_endpoint *ep;
   int nargs = 0;
   int key_given;
+  size_t count = 0;
+
+  while (kw_endpoints[count].ns != NULL)
+    count++;
+  ep = &kw_endpoints[kwf_byte(&in) % count];
+  if (ep->body == KW_BODY_DOWNLOAD)
+    return 0;
 
   kwf_key_pushed = 0;
   lua_pushlightuserdata(L, (void *)ep);
@@ -354,28 +526,34 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
       kwf_push_value(L, &in, 0);
     nargs++;
   }
-  if (ep->body == KW_BODY_JSON) {
+  if (ep->fields != NULL) {
+    if (kwf_byte(&in) % 4 != 0)
+      push_typed_fields(L, &in, ep);
+    else
+      kwf_push_value(L, &in, 0);
+    nargs++;
+  } else if (ep->body == KW_BODY_JSON) {
     if (kwf_byte(&in) % 4 != 0)
       push_body(L, &in, ep);
     else
       kwf_push_value(L, &in, 0);
     nargs++;
   } else if (ep->body == KW_BODY_FILE) {
-    unsigned choice = kwf_byte(&in) % 4;
-
-    /* The path is never one the fuzzer chose: a file that does not exist, or the harness's own. */
-    if (choice == 0) {
-      lua_pushstring(L, env->tmp_file);
-    } else if (choice == 1) {
+    if (kwf_byte(&in) % 4 == 1)
       kwf_push_value(L, &in, 0);
-    } else {
-      lua_pushliteral(L, "/kwf-nonexistent/");
-      kwf_push_bytes(L, &in, 512);
-      lua_concat(L, 2);
-    }
+    else
+      push_safe_path(L, &in);
     nargs++;
+  } else if (ep->body == KW_BODY_DATA) {
+    /* The file name, then the bytes. */
+    kwf_push_bytes(L, &in, 256);
+    if (kwf_byte(&in) % 8 == 0)
+      kwf_push_value(L, &in, 0);
+    else
+      kwf_push_bytes(L, &in, 2048);
+    nargs += 2;
   }
-  push_options(L, &in);
+  push_options(L, &in, ep);
   nargs++;
 
   key_given = kwf_key_pushed || kwf_contains((const char *)data, size, KWF_KEY);
