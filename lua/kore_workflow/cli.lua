@@ -2101,7 +2101,7 @@ local function promote_lines(report)
       target.profile, tostring(job.status), tostring(job.dockStatusId)))
   end
   if report.export and report.export.kept ~= nil then
-    add("zip", report.export.kept and ("kept at " .. report.export.path) or "removed")
+    add("zip", (report.export.kept and "kept at %s" or "%s removed"):format(report.export.path))
   end
   if #lines == 0 then
     return ""
@@ -2316,7 +2316,6 @@ local function run_promote(ctx, values, positional)
   report.export.kept = options.keep ~= nil
   if not options.keep then
     os.remove(zip_path)
-    report.export.path = nil
   end
   if reservation then
     os.remove(reservation)
