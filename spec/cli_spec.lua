@@ -672,6 +672,38 @@ describe("kore-workflow", function()
       assert.is_false(file_exists(backup))
     end)
 
+    it("names the backup when the import job fails", function()
+      local zip = export_zip()
+      emu:reset()
+      emu:script({
+        method = "POST",
+        path = "/api/public/workflows/" .. SOURCE_ID .. "/import",
+        responses = { { status = 200, body = { dockStatusId = "ds-import-after-backup", workflowId = SOURCE_ID,
+                                                jobType = "WORKFLOWS", action = "IMPORT", status = "IN_PROGRESS" } } },
+        ["repeat"] = -1,
+      })
+      emu:script({
+        method = "GET",
+        path = "/api/public/dock-status/ds-import-after-backup",
+        responses = { { status = 200, body = { _id = "ds-import-after-backup", status = "FAILED",
+                                                message = "flow node 3 is invalid" } } },
+        ["repeat"] = -1,
+      })
+      local backup = fixtures.temp_dir() .. "/before-failure.zip"
+      local result = run_cli(emu, { "import", SOURCE_ID, zip, "--backup", backup })
+      assert.are.equal(1, result.code, result.stderr)
+      assert.is_truthy(contains(result.stderr, "flow node 3 is invalid"), result.stderr)
+      assert.is_truthy(contains(result.stderr, "the backup of workflow " .. SOURCE_ID .. " is saved at " .. backup),
+        result.stderr)
+      assert.are.equal(example_file("app_definition.json"), read_export_zip(backup)["app_definition.json"])
+
+      local json = run_cli(emu, { "import", SOURCE_ID, zip, "--backup", backup, "--json" })
+      assert.are.equal(1, json.code, json.stderr)
+      local value = decode_json(json)
+      assert.are.equal("job_failed", value.error.kind)
+      assert.are.equal(backup, value.backup.path)
+    end)
+
     it("exits 2 for a zip without the definitions", function()
       local zip = fixtures.write_temp("not a zip archive", ".zip")
       local result = run_cli(emu, { "import", WORKFLOW_ID, zip, "--json" })

@@ -1052,10 +1052,11 @@ local function load_profiles(ctx)
     usage_error(("cannot read the profiles file (%s); create it, or set KORE_WORKFLOW_CONFIG to "
       .. "its path"):format(open_error), command)
   end
-  local text = handle:read("*a")
+  local text, read_error = handle:read("*a")
   handle:close()
   if text == nil then
-    usage_error(("cannot read the profiles file %s"):format(path), command)
+    usage_error(("cannot read the profiles file %s (%s); KORE_WORKFLOW_CONFIG must name a file")
+      :format(path, tostring(read_error)), command)
   end
   local chunk, compile_error = compile_profiles(text, path)
   if not chunk then
@@ -1444,7 +1445,7 @@ local function finish_job(ctx, client, job, err, options)
     ctx:emit_json(object)
   else
     ctx:out((options.lines or "") .. format_fields(job, JOB_FIELDS))
-    if job.status ~= "SUCCESS" and options.job_name then
+    if job.status ~= "SUCCESS" and options.job_name and job.dockStatusId ~= nil then
       ctx:err(("%s: %s continues on the server; follow it with '%s status %s --wait'\n")
         :format(PROGRAM, options.job_name, PROGRAM, printable(job.dockStatusId, true)))
     end
@@ -1748,12 +1749,14 @@ local function run_import(ctx, values, positional)
   })
 
   local backup_record = backup_saved and { path = backup, bytes = file_size(backup) } or nil
-  if not job or job.status == "FAILED" then
-    if not job and backup_record then
-      return report_error(ctx, err, { backup = backup_record },
-        { ("the backup of workflow %s is saved at %s"):format(workflow_id, backup) })
-    end
-    return finish_job(ctx, client, job, err, { failed_hint = IMPORT_FAILED_HINT })
+  if job and job.status == "FAILED" then
+    job, err = nil, failed_job_error(client, job, IMPORT_FAILED_HINT)
+  end
+  if not job and backup_record then
+    return report_error(ctx, err, { backup = backup_record },
+      { ("the backup of workflow %s is saved at %s"):format(workflow_id, backup) })
+  elseif not job then
+    return report_error(ctx, err)
   end
   local lines
   if backup_record then
