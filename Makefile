@@ -12,7 +12,7 @@ BUILD ?= build
 FUZZ_SHORT_SECONDS ?= 25
 FUZZ_LONG_SECONDS ?= 600
 
-.PHONY: all build deps deps-demo demo test lint specs test-asan test-valgrind \
+.PHONY: all build deps deps-demo demo test lint specs test-luas test-asan test-valgrind \
 	fuzz-short fuzz-long clean
 
 all: build
@@ -39,6 +39,9 @@ lint:
 specs:
 	scripts/run-specs $(LUA)
 
+test-luas:
+	scripts/test-luas
+
 test-asan:
 	scripts/test-asan $(LUA) $(LUA_VERSION)
 
@@ -55,9 +58,11 @@ test: deps
 	$(MAKE) --no-print-directory build
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory specs
+	$(MAKE) --no-print-directory test-luas
 	$(MAKE) --no-print-directory test-asan
 	$(MAKE) --no-print-directory test-valgrind
 	$(MAKE) --no-print-directory fuzz-short
 
 clean:
-	rm -rf $(BUILD) build-asan build-valgrind build-fuzz
+	rm -rf $(BUILD) build-asan build-valgrind build-fuzz build-5.1 build-5.2 build-5.3 \
+		build-luajit build-luas
