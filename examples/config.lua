@@ -8,8 +8,8 @@
 --   api_key_file  a file whose first line is the API key, readable only by
 --                 you (chmod 600). A leading ~ is your home directory, and a
 --                 relative path is relative to this file's directory;
---   api_key_env   or instead, the name of an environment variable that holds
---                 the key;
+--   api_key_env   or instead, the name of an environment variable that
+--                 contains the key;
 --   ca_file       optional PEM file of the CAs that verify the server, with
 --                 the same path rules as api_key_file.
 -- A profile must never contain the key itself: the tool rejects a file with

@@ -639,8 +639,11 @@ describe("kore-workflow", function()
     it("saves a backup before importing", function()
       local zip = export_zip()
       local backup = fixtures.temp_dir() .. "/backup.zip"
-      -- WORKFLOW_ID holds the example definitions from the case above, so
-      -- the backup must contain them.
+      -- After this import WORKFLOW_ID contains the example definitions, so
+      -- the backup must contain them too.
+      local first = run_cli(emu, { "import", WORKFLOW_ID, EXAMPLE_DIR })
+      assert.are.equal(0, first.code, first.stderr)
+      emu:reset()
       local result = run_cli(emu, { "import", WORKFLOW_ID, zip, "--backup", backup, "--json" })
       assert.are.equal(0, result.code, result.stderr)
       local value = decode_json(result)
@@ -1283,6 +1286,20 @@ describe("kore-workflow", function()
         end
       end
       assert.are.same({}, api_requests(emu))
+    end)
+
+    it("loads examples/config.lua", function()
+      -- Both example profiles name keys that this machine lacks, so each run
+      -- stops at the key, before any request, with a message that shows the
+      -- file was read.
+      local path = ROOT .. "/examples/config.lua"
+      local production = run_cli(emu, { "status", "ds-1", "--profile", "production" },
+        { env = profile_env(path, { KORE_PROD_KEY = false }) })
+      assert.are.equal(2, production.code, production.stderr)
+      assert.is_truthy(contains(production.stderr, "KORE_PROD_KEY"), production.stderr)
+      local staging = run_cli(emu, { "status", "ds-1", "--profile", "staging" }, { env = profile_env(path) })
+      assert.are.equal(2, staging.code, staging.stderr)
+      assert.is_truthy(contains(staging.stderr, EMPTY_HOME .. "/.config/kore-workflow/staging.key"), staging.stderr)
     end)
 
     it("reports a profile error as JSON", function()

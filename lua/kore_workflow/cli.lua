@@ -243,9 +243,10 @@ local COMMANDS = {
     description = "Exports the workflow WORKFLOW_ID from the environment of the profile --from "
       .. "into a zip, imports the zip into the environment of the profile --to, waits for the "
       .. "import, and with --deploy deploys the result. The target is the workflow of the same id, "
-      .. "another one with --target-workflow, or a new workflow with --new-name. Each step is "
-      .. "printed as it ends. When a step fails, the command names the step, keeps the export "
-      .. "zip and prints its path and the command that retries the import. Both environments "
+      .. "another one with --target-workflow, or a new workflow with --new-name. Progress goes to "
+      .. "stderr while each step runs, and one line per finished step to stdout. When a step "
+      .. "fails after the export, the command names the step, keeps the export zip, and prints its "
+      .. "path and the command that repeats the failed step. Both environments "
       .. "come from the profiles file, so --profile, --host, --api-key-file and --ca-file are "
       .. "not accepted.",
     options = {
@@ -305,8 +306,8 @@ local PROFILES_HELP_INTRO = "A profiles file names environments, so that --profi
   .. "$KORE_PROFILE) selects a host, its API key and its CA file, and promote can copy between "
   .. "two of them. The file is $KORE_WORKFLOW_CONFIG, else $XDG_CONFIG_HOME/" .. CONFIG_RELATIVE_PATH
   .. ", else ~/.config/" .. CONFIG_RELATIVE_PATH .. ". It is Lua source text that returns a table; "
-  .. "it runs with no global variables at all, so it cannot call functions or read the "
-  .. "environment:"
+  .. "it runs with no global variables at all, so it cannot call library functions or read "
+  .. "the environment:"
 
 local PROFILES_HELP_EXAMPLE = [[
     return {
