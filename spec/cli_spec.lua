@@ -77,7 +77,9 @@ local function write_env_file(env)
   local lines = { "unset KORE_HOST KORE_API_KEY KORE_WORKFLOW_DEBUG KORE_PROFILE KORE_WORKFLOW_CONFIG "
     .. "XDG_CONFIG_HOME" }
   for name, value in pairs(env) do
-    if value ~= false then
+    if value == false then
+      lines[#lines + 1] = "unset " .. name
+    else
       lines[#lines + 1] = ("%s=%s; export %s"):format(name, shell_quote(value), name)
     end
   end
