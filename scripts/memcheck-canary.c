@@ -55,6 +55,11 @@ int luaopen_memcheck_canary(lua_State *L)
     { NULL, NULL }
   };
 
+#if LUA_VERSION_NUM >= 502
   luaL_newlib(L, functions);
+#else
+  lua_newtable(L);
+  luaL_register(L, NULL, functions);
+#endif
   return 1;
 }

@@ -76,8 +76,14 @@ local function hex24(numbers)
   return string.format("%08x%08x%08x", numbers[1], numbers[2], numbers[3])
 end
 
+-- Three random 32-bit numbers, drawn as 16-bit halves because math.random
+-- takes only int-sized bounds on Lua 5.1 and LuaJIT.
 local function random_numbers()
-  return { math.random(0, 0xffffffff), math.random(0, 0xffffffff), math.random(0, 0xffffffff) }
+  local numbers = {}
+  for i = 1, 3 do
+    numbers[i] = math.random(0, 0xffff) * 0x10000 + math.random(0, 0xffff)
+  end
+  return numbers
 end
 
 describe("memory", function()
@@ -181,7 +187,18 @@ describe("memory", function()
     -- and here it would show as a body that differs from the one passed.
     local finalized = 0
     local finalized_at_encode
-    local helper_mt = { __gc = function() finalized = finalized + 1 end }
+    local function on_gc()
+      finalized = finalized + 1
+    end
+    -- Lua 5.1 and LuaJIT run __gc only for userdata, made with newproxy.
+    local function new_helper()
+      if _VERSION == "Lua 5.1" and newproxy then
+        local proxy = newproxy(true)
+        getmetatable(proxy).__gc = on_gc
+        return proxy
+      end
+      return setmetatable({}, { __gc = on_gc })
+    end
     local encode = client._codec.encode
     client._codec.encode = function(value)
       local text = encode(value)
@@ -200,7 +217,7 @@ describe("memory", function()
         envVariablesFileId = random_numbers(),
       }
       local body = setmetatable({}, { __index = function(_, field)
-        setmetatable({}, helper_mt)
+        new_helper()
         collectgarbage()
         return hex24(numbers[field])
       end })
