@@ -122,12 +122,46 @@ describe("faults", function()
     emu:reset()
   end)
 
+  -- Every result, error and verbose log line of the fault suite's clients,
+  -- searched for the key by the last spec of this file.
+  local outputs = {}
+
+  local function keep(...)
+    for i = 1, select("#", ...) do
+      local value = select(i, ...)
+      outputs[#outputs + 1] = value
+      if type(value) == "table" then
+        outputs[#outputs + 1] = tostring(value)
+      end
+    end
+    return ...
+  end
+
+  local function recorded(call)
+    return function(...)
+      return keep(call(...))
+    end
+  end
+
   local function new_client(options)
-    local settings = { host = emu.url, api_key = KEY }
+    local settings = {
+      host = emu.url, api_key = KEY, verbose = true,
+      logger = function(line) outputs[#outputs + 1] = line end,
+    }
     for k, v in pairs(options or {}) do
       settings[k] = v
     end
-    return kw.client(settings)
+    local client = kw.client(settings)
+    for _, namespace in ipairs { "workflow", "files" } do
+      for name, call in pairs(client[namespace]) do
+        client[namespace][name] = recorded(call)
+      end
+    end
+    local methods = getmetatable(client).__index
+    for _, name in ipairs { "wait", "import_files", "download", "export_to" } do
+      client[name] = recorded(methods[name])
+    end
+    return client
   end
 
   local function script_status(id, responses, repeat_count)
@@ -683,5 +717,18 @@ describe("faults", function()
         assert.equal(sha256_of_file(path), sha256_of_file(fetched_path))
       end)
     end
+  end)
+  it("shows the key in no result, error or log line", function()
+    local errors, lines = 0, 0
+    for _, value in ipairs(outputs) do
+      if kw.is_error(value) then
+        errors = errors + 1
+      elseif type(value) == "string" then
+        lines = lines + 1
+      end
+      assert.is_false(fixtures.contains(value, KEY), "key found in " .. tostring(value))
+    end
+    print(("fault suite: %d errors and %d strings searched, key leaks found: 0"):format(errors, lines))
+    assert.is_true(errors >= 20)
   end)
 end)
