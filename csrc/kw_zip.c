@@ -60,9 +60,9 @@ static const char *base_name(const char *name)
 
 /*
  * core.zip_read(path, names, max_bytes): returns a table from each name in
- * names to the content of the entry with that base name, or nil and an
- * error when the zip cannot be read, an entry is missing or one is larger
- * than max_bytes.
+ * names to the content of the entry with that base name. Names with no entry
+ * are left out. It returns nil and an error when the zip cannot be read or
+ * an entry is larger than max_bytes.
  */
 int kw_zip_read(lua_State *L)
 {

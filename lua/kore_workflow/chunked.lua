@@ -1,9 +1,9 @@
 --- Uploads through a chunked upload session, for files of 25 MB and more.
 --
--- The session is started with the file's size and chunk count, every chunk
--- is streamed from disk by the C core (a byte range of the file, never a
--- Lua string), a chunk that fails with a retryable error is sent again on
--- its own, and the session is completed.
+-- The session is started with the file's size and chunk count. The C core
+-- streams every chunk from disk as a byte range of the file, never a Lua
+-- string. A chunk that fails with a retryable error is sent again on its
+-- own, and then the session is completed.
 local M = {}
 
 --- Files of this many bytes and more go through a session: the single upload

@@ -10,7 +10,7 @@ local M = {}
 local Scheduler = {}
 Scheduler.__index = Scheduler
 
--- Marks the scheduler's own yields, so a task's other yields are told apart.
+-- Marks the scheduler's own yields, so that a task's other yields are detected.
 local SLEEP = {}
 
 --- Creates a scheduler.
