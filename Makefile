@@ -13,7 +13,7 @@ FUZZ_SHORT_SECONDS ?= 25
 FUZZ_LONG_SECONDS ?= 600
 
 .PHONY: all build deps deps-demo demo test lint specs test-luas test-asan test-valgrind \
-	fuzz-short fuzz-long clean
+	test-memcheck fuzz-short fuzz-long clean
 
 all: build
 
@@ -48,6 +48,10 @@ test-asan:
 test-valgrind: build
 	scripts/test-valgrind $(LUA) $(BUILD)
 
+# test-asan and test-valgrind at once.
+test-memcheck: build
+	scripts/test-memcheck $(LUA) $(LUA_VERSION) $(BUILD)
+
 fuzz-short:
 	LUA_VERSION=$(LUA_VERSION) scripts/fuzz $(FUZZ_SHORT_SECONDS)
 
@@ -59,10 +63,9 @@ test: deps
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory specs
 	$(MAKE) --no-print-directory test-luas
-	$(MAKE) --no-print-directory test-asan
-	$(MAKE) --no-print-directory test-valgrind
+	$(MAKE) --no-print-directory test-memcheck
 	$(MAKE) --no-print-directory fuzz-short
 
 clean:
-	rm -rf $(BUILD) build-asan build-valgrind build-fuzz build-5.1 build-5.2 build-5.3 \
-		build-luajit build-luas
+	rm -rf $(BUILD) build-asan build-valgrind build-memcheck build-fuzz build-fuzz-long-* \
+		build-5.1 build-5.2 build-5.3 build-luajit build-luas
