@@ -235,8 +235,13 @@ int kw_body_prepare_chunk(lua_State *L, kw_request *req, int fields)
   lua_getfield(L, fields, "length");
   req->range_length = (long long)lua_tonumber(L, -1);
   lua_getfield(L, fields, "chunk_number");
-  req->chunk_number = kw_strdup_or_raise(L, lua_pushfstring(L, "%d", (int)lua_tonumber(L, -1)),
-                                         strlen(lua_tostring(L, -1)));
+  {
+    /* %.0f prints every integer up to 2^53 exactly; an int cast would overflow. */
+    char text[32];
+
+    snprintf(text, sizeof(text), "%.0f", (double)lua_tonumber(L, -1));
+    req->chunk_number = kw_strdup_or_raise(L, lua_pushstring(L, text), strlen(text));
+  }
   lua_getfield(L, fields, "filename");
   name = lua_isnil(L, -1) ? NULL : lua_tostring(L, -1);
   if (name == NULL) {
@@ -301,6 +306,11 @@ void kw_body_prepare_data(lua_State *L, kw_request *req, int name_arg, int data_
     kw_argerror(L, data_arg, fname, "data", "string expected, got %s",
                 luaL_typename(L, data_arg));
   data = lua_tolstring(L, name_arg, &n);
+  if (memchr(data, '\0', n) != NULL)
+    kw_argerror(L, name_arg, fname, "file name", "must not contain a NUL byte");
+  /* The name argument wins over a filename option read before it. */
+  free(req->file_name);
+  req->file_name = NULL;
   req->file_name = kw_strdup_or_raise(L, data, n);
   req->id = kw_strdup_or_raise(L, data, n);
   data = lua_tolstring(L, data_arg, &n);

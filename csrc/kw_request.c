@@ -383,14 +383,18 @@ static void read_upload_options(lua_State *L, kw_request *req, int arg, const ch
   if (lua_type(L, arg) == LUA_TTABLE) {
     lua_getfield(L, arg, "context");
     if (!lua_isnil(L, -1)) {
-      if (lua_type(L, -1) != LUA_TSTRING || kw_rawlen(L, -1) == 0)
-        kw_argerror(L, arg, fname, "options", "option 'context' must be a non-empty string");
+      if (lua_type(L, -1) != LUA_TSTRING || kw_rawlen(L, -1) == 0 ||
+          memchr(lua_tostring(L, -1), '\0', kw_rawlen(L, -1)) != NULL)
+        kw_argerror(L, arg, fname, "options", "option 'context' must be a non-empty string "
+                    "without NUL bytes");
       context = lua_tostring(L, -1);
     }
     lua_getfield(L, arg, "filename");
     if (!lua_isnil(L, -1)) {
-      if (lua_type(L, -1) != LUA_TSTRING || kw_rawlen(L, -1) == 0)
-        kw_argerror(L, arg, fname, "options", "option 'filename' must be a non-empty string");
+      if (lua_type(L, -1) != LUA_TSTRING || kw_rawlen(L, -1) == 0 ||
+          memchr(lua_tostring(L, -1), '\0', kw_rawlen(L, -1)) != NULL)
+        kw_argerror(L, arg, fname, "options", "option 'filename' must be a non-empty string "
+                    "without NUL bytes");
       name = lua_tostring(L, -1);
     }
   }
