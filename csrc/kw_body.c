@@ -240,7 +240,7 @@ int kw_body_prepare_chunk(lua_State *L, kw_request *req, int fields)
     char text[32];
 
     snprintf(text, sizeof(text), "%.0f", (double)lua_tonumber(L, -1));
-    req->chunk_number = kw_strdup_or_raise(L, lua_pushstring(L, text), strlen(text));
+    req->chunk_number = kw_strdup_or_raise(L, text, strlen(text));
   }
   lua_getfield(L, fields, "filename");
   name = lua_isnil(L, -1) ? NULL : lua_tostring(L, -1);
