@@ -72,7 +72,7 @@ function fixtures.contains(value, needle, seen)
   return false
 end
 
--- Returns true when value holds a userdata or a light userdata at any depth
+-- Returns true when value contains a userdata or a light userdata at any depth
 -- (JSON null of lua-cjson is a light userdata).
 function fixtures.has_userdata(value, seen)
   seen = seen or {}
