@@ -26,10 +26,10 @@ build = {
   modules = {
     ["kore_workflow.core"] = {
       sources = {
-        "csrc/kw_body.c", "csrc/kw_compat.c", "csrc/kw_core.c", "csrc/kw_endpoint.c", "csrc/kw_error.c",
+        "csrc/kw_body.c", "csrc/kw_compat.c", "csrc/kw_core.c", "csrc/kw_endpoint.c", "csrc/kw_error.c", "csrc/kw_inflate.c",
         "csrc/kw_json.c", "csrc/kw_log.c", "csrc/kw_multi.c", "csrc/kw_request.c", "csrc/kw_result.c", "csrc/kw_zip.c",
       },
-      libraries = { "curl", "zip", "m" },
+      libraries = { "curl", "zip", "z", "m" },
     },
     ["kore_workflow"] = "lua/kore_workflow/init.lua",
     ["kore_workflow.waiter"] = "lua/kore_workflow/waiter.lua",

@@ -89,6 +89,7 @@ typedef struct kw_field {
 typedef struct kw_endpoint {
   const char *ns;               /* Lua namespace, such as "workflow" */
   const char *name;             /* function name inside it, such as "import" */
+  const char *qualified;        /* both, as messages name the call: "workflow.import" */
   const char *method;
   const char *path_prefix;      /* path before the id, or the whole path */
   const char *path_suffix;      /* path after the id, NULL when there is no id */
@@ -106,25 +107,6 @@ extern const kw_endpoint kw_endpoints[];
 
 struct kw_request;
 
-typedef struct kw_client {
-  CURL *easy;
-  CURLM *multi;         /* created on the first stepped request */
-  struct kw_request *in_flight; /* stepped requests added to multi, linked by next */
-  char *base_url;       /* scheme://host[:port], no trailing slash */
-  char *api_key_header; /* "x-api-key: <key>", wiped on free */
-  size_t api_key_offset;
-  char *ca_file;
-  char *user_agent;
-  long connect_timeout_ms;
-  long timeout_ms;
-  long stall_timeout_ms;
-  size_t max_response;
-  int codec_ref;        /* registry reference to the codec table */
-  int logger_ref;       /* registry reference to the logger, or LUA_NOREF */
-  int verbose;          /* log request and response lines */
-  int insecure;         /* TLS verification off: only through the insecure option */
-} kw_client;
-
 /* Per-call limits, resolved from the client's defaults and the call's options. */
 typedef struct kw_limits {
   long connect_timeout_ms;
@@ -132,6 +114,31 @@ typedef struct kw_limits {
   long stall_timeout_ms;
   size_t max_response;
 } kw_limits;
+
+typedef struct kw_client {
+  CURL *easy;
+  CURLM *multi;         /* created on the first stepped request */
+  struct kw_request *in_flight; /* stepped requests added to multi, linked by next */
+  char *base_url;       /* scheme://host[:port], no trailing slash */
+  CURLU *url;           /* base_url parsed once; calls on easy set its path and query */
+  char *api_key_header; /* "x-api-key: <key>", wiped on free */
+  size_t api_key_offset;
+  char *ca_file;
+  char *user_agent;     /* the User-Agent header line */
+  long connect_timeout_ms;
+  long timeout_ms;
+  long stall_timeout_ms;
+  size_t max_response;
+  int codec_ref;        /* registry reference to the codec table */
+  int spare_ref;        /* registry slot of a finished request that blocking calls reuse */
+  int logger_ref;       /* registry reference to the logger, or LUA_NOREF */
+  int verbose;          /* log request and response lines */
+  int insecure;         /* TLS verification off: only through the insecure option */
+  /* The endpoint and limits easy was last set up for, when a call like it can reuse that setup. */
+  const struct kw_endpoint *easy_endpoint;
+  kw_limits easy_limits;
+} kw_client;
+
 
 enum {
   KW_REQUEST_BUILT,
@@ -168,6 +175,7 @@ typedef struct kw_request {
   CURLcode code;
   long status;
   char *content_type;
+  char *content_encoding; /* the response's Content-Encoding, or NULL */
   char *location;
   long long retry_after;  /* seconds, negative when the server sent none */
   int request_sent;       /* the connection was made and sending had begun */
@@ -182,6 +190,9 @@ typedef struct kw_request {
   char errbuf[CURL_ERROR_SIZE];
   int performed;
 } kw_request;
+
+/* kw_inflate.c */
+int kw_inflate_response(kw_request *req);
 
 /* kw_zip.c */
 int kw_zip_read(lua_State *L);
@@ -206,6 +217,8 @@ const char *kw_client_key(const kw_client *client);
 kw_request *kw_request_new(lua_State *L, int client_index,
                            const kw_endpoint *endpoint);
 void kw_request_register(lua_State *L);
+kw_request *kw_request_acquire(lua_State *L, int client_index, const kw_endpoint *endpoint);
+void kw_request_recycle(lua_State *L, kw_request *req, int request_index);
 int kw_request_prepare(lua_State *L, kw_request *req, int first_arg);
 void kw_request_setup_easy(kw_request *req, CURL *easy);
 void kw_request_collect(kw_request *req, CURL *easy, CURLcode code);

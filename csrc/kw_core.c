@@ -47,6 +47,8 @@ static void client_release(lua_State *L, kw_client *client)
   if (client->easy != NULL)
     curl_easy_cleanup(client->easy);
   client->easy = NULL;
+  curl_url_cleanup(client->url);
+  client->url = NULL;
   wipe(client->api_key_header);
   free(client->api_key_header);
   free(client->base_url);
@@ -57,6 +59,10 @@ static void client_release(lua_State *L, kw_client *client)
   if (client->codec_ref != LUA_NOREF) {
     luaL_unref(L, LUA_REGISTRYINDEX, client->codec_ref);
     client->codec_ref = LUA_NOREF;
+  }
+  if (client->spare_ref != LUA_NOREF) {
+    luaL_unref(L, LUA_REGISTRYINDEX, client->spare_ref);
+    client->spare_ref = LUA_NOREF;
   }
   if (client->logger_ref != LUA_NOREF) {
     luaL_unref(L, LUA_REGISTRYINDEX, client->logger_ref);
@@ -254,7 +260,7 @@ static void set_user_agent(lua_State *L, kw_client *client)
 {
   const curl_version_info_data *info = curl_version_info(CURLVERSION_NOW);
 
-  lua_pushfstring(L, "kore_workflow/%s libcurl/%s %s", KW_VERSION, info->version,
+  lua_pushfstring(L, "User-Agent: kore_workflow/%s libcurl/%s %s", KW_VERSION, info->version,
                   kw_lua_version(L));
   client->user_agent = copy_string(L, lua_tostring(L, -1), kw_rawlen(L, -1));
   lua_pop(L, 1);
@@ -344,7 +350,10 @@ static int core_new_client(lua_State *L)
   memset(client, 0, sizeof(*client));
   client->codec_ref = LUA_NOREF;
   client->logger_ref = LUA_NOREF;
+  client->spare_ref = LUA_NOREF;
   kw_setmetatable(L, KW_CLIENT_MT);
+  lua_pushboolean(L, 0);
+  client->spare_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
   lua_getfield(L, 1, "host");
   if (lua_type(L, -1) != LUA_TSTRING)
@@ -377,6 +386,11 @@ static int core_new_client(lua_State *L)
   client->easy = curl_easy_init();
   if (client->easy == NULL)
     return luaL_error(L, "kore_workflow: libcurl could not create a handle");
+  client->url = curl_url();
+  if (client->url == NULL ||
+      curl_url_set(client->url, CURLUPART_URL, client->base_url, 0) != CURLUE_OK)
+    return luaL_error(L, "kore_workflow: libcurl could not parse the base URL %s",
+                      client->base_url);
   return 1;
 }
 
@@ -393,6 +407,7 @@ static int endpoint_call(lua_State *L)
 {
   const kw_endpoint *ep = lua_touserdata(L, lua_upvalueindex(2));
   int client_index;
+  int request_index;
   int codec_index;
   int pushed;
   kw_request *req;
@@ -400,16 +415,21 @@ static int endpoint_call(lua_State *L)
   lua_settop(L, endpoint_arity(ep));
   lua_pushvalue(L, lua_upvalueindex(1));
   client_index = lua_gettop(L);
-  req = kw_request_new(L, client_index, ep);
+  req = kw_request_acquire(L, client_index, ep);
+  request_index = lua_gettop(L);
   pushed = kw_request_prepare(L, req, 1);
-  if (pushed != 0)
+  if (pushed != 0) {
+    kw_request_recycle(L, req, request_index);
     return pushed;
+  }
 
   kw_request_perform(req);
   kw_log_flush(L, req);
   kw_json_push_codec(L, req->client);
   codec_index = lua_gettop(L);
-  return kw_request_push_result(L, req, codec_index);
+  pushed = kw_request_push_result(L, req, codec_index);
+  kw_request_recycle(L, req, request_index);
+  return pushed;
 }
 
 /*

@@ -58,21 +58,21 @@ static const kw_field model_deploy_fields[] = {
 
 const kw_endpoint kw_endpoints[] = {
   {
-    "workflow", "import", "POST",
+    "workflow", "import", "workflow.import", "POST",
     "/api/public/workflows/", "/import",
     "workflow", "import into workflow",
     KW_BODY_JSON, import_required, no_fields,
     KW_RESULT_JOB, 0, NULL
   },
   {
-    "workflow", "status", "GET",
+    "workflow", "status", "workflow.status", "GET",
     "/api/public/dock-status/", "",
     "dock status", "status of dock status",
     KW_BODY_NONE, no_fields, no_fields,
     KW_RESULT_JOB, KW_IDEMPOTENT | KW_ID_ACCEPTS_NUMBER, NULL
   },
   {
-    "files", "upload", "POST",
+    "files", "upload", "files.upload", "POST",
     "/api/public/files", NULL,
     "file", "upload of file",
     KW_BODY_FILE, no_fields, no_fields,
@@ -80,42 +80,42 @@ const kw_endpoint kw_endpoints[] = {
     KW_RESULT_FILE, KW_IDEMPOTENT, NULL
   },
   {
-    "workflow", "import_new", "POST",
+    "workflow", "import_new", "workflow.import_new", "POST",
     "/api/public/workflows/import", NULL,
     "workflow", "import of a new workflow",
     KW_BODY_JSON, import_new_required, import_new_optional,
     KW_RESULT_JOB, 0, NULL
   },
   {
-    "workflow", "export", "POST",
+    "workflow", "export", "workflow.export", "POST",
     "/api/public/workflows/", "/export",
     "workflow", "export of workflow",
     KW_BODY_NONE, no_fields, no_fields,
     KW_RESULT_JOB, KW_FIELDS_OPTIONAL, export_fields
   },
   {
-    "workflow", "deploy", "POST",
+    "workflow", "deploy", "workflow.deploy", "POST",
     "/api/public/workflows/", "/deploy",
     "workflow", "deploy of workflow",
     KW_BODY_JSON, no_fields, no_fields,
     KW_RESULT_JOB, 0, deploy_fields
   },
   {
-    "workflow", "undeploy", "POST",
+    "workflow", "undeploy", "workflow.undeploy", "POST",
     "/api/public/workflows/", "/undeploy",
     "workflow", "undeploy of workflow",
     KW_BODY_NONE, no_fields, no_fields,
     KW_RESULT_JOB, 0, NULL
   },
   {
-    "files", "session_start", "POST",
+    "files", "session_start", "files.session_start", "POST",
     "/api/public/files/session/start", NULL,
     "file", "start of an upload session",
     KW_BODY_JSON, no_fields, no_fields,
     KW_RESULT_SESSION, 0, session_start_fields
   },
   {
-    "files", "session_chunk", "POST",
+    "files", "session_chunk", "files.session_chunk", "POST",
     "/api/public/files/session/", "",
     "upload session", "chunk upload to session",
     KW_BODY_CHUNK, no_fields, no_fields,
@@ -123,47 +123,47 @@ const kw_endpoint kw_endpoints[] = {
     KW_RESULT_OBJECT, KW_IDEMPOTENT, chunk_fields
   },
   {
-    "files", "session_complete", "POST",
+    "files", "session_complete", "files.session_complete", "POST",
     "/api/public/files/session/", "/complete",
     "upload session", "completion of upload session",
     KW_BODY_NONE, no_fields, no_fields,
     KW_RESULT_OBJECT, 0, NULL
   },
   {
-    "files", "upload_data", "POST",
+    "files", "upload_data", "files.upload_data", "POST",
     "/api/public/files", NULL,
     "file", "upload of file",
     KW_BODY_DATA, no_fields, no_fields,
     KW_RESULT_FILE, KW_IDEMPOTENT, NULL
   },
   {
-    "models", "export", "POST",
+    "models", "export", "models.export", "POST",
     "/api/public/models/", "/export",
     "model", "export of model",
     KW_BODY_NONE, no_fields, no_fields,
     KW_RESULT_JOB, 0, NULL
   },
   {
-    "models", "deploy", "POST",
+    "models", "deploy", "models.deploy", "POST",
     "/api/public/models/", "/deploy",
     "model", "deploy of model",
     KW_BODY_JSON, no_fields, no_fields,
     KW_RESULT_JOB, 0, model_deploy_fields
   },
   {
-    "models", "undeploy", "POST",
+    "models", "undeploy", "models.undeploy", "POST",
     "/api/public/models/", "/undeploy",
     "model", "undeploy of model",
     KW_BODY_NONE, no_fields, no_fields,
     KW_RESULT_JOB, 0, NULL
   },
   {
-    "files", "download", "GET",
+    "files", "download", "files.download", "GET",
     NULL, NULL,
     "download", "download of",
     KW_BODY_DOWNLOAD, no_fields, no_fields,
     KW_RESULT_DOWNLOAD, KW_IDEMPOTENT, NULL
   },
-  { NULL, NULL, NULL, NULL, NULL, NULL, NULL, KW_BODY_NONE, NULL, NULL,
+  { NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, KW_BODY_NONE, NULL, NULL,
     KW_RESULT_JOB, 0, NULL }
 };

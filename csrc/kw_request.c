@@ -78,6 +78,7 @@ static void request_release(kw_request *req)
   free(req->file_name);
   curl_mime_free(req->mime);
   free(req->content_type);
+  free(req->content_encoding);
   free(req->location);
   kw_body_release(req);
   kw_buf_free(&req->response);
@@ -86,7 +87,7 @@ static void request_release(kw_request *req)
   req->headers = NULL;
   req->body = req->file_path = req->file_context = req->file_name = NULL;
   req->mime = NULL;
-  req->content_type = req->location = NULL;
+  req->content_type = req->content_encoding = req->location = NULL;
 }
 
 static int request_gc(lua_State *L)
@@ -111,13 +112,8 @@ void kw_request_register(lua_State *L)
   lua_pop(L, 1);
 }
 
-/* Pushes a new, empty request userdata for endpoint on the client at client_index. */
-kw_request *kw_request_new(lua_State *L, int client_index,
-                           const kw_endpoint *endpoint)
+static void request_init(kw_request *req, kw_client *client, const kw_endpoint *endpoint)
 {
-  kw_client *client = kw_client_check(L, client_index);
-  kw_request *req = lua_newuserdata(L, sizeof(*req));
-
   memset(req, 0, sizeof(*req));
   req->endpoint = endpoint;
   req->client = client;
@@ -127,8 +123,50 @@ kw_request *kw_request_new(lua_State *L, int client_index,
   req->range_length = -1;
   kw_buf_init(&req->response, client->max_response);
   kw_log_init(req);
+}
+
+/* Pushes a new, empty request userdata for endpoint on the client at client_index. */
+kw_request *kw_request_new(lua_State *L, int client_index,
+                           const kw_endpoint *endpoint)
+{
+  kw_client *client = kw_client_check(L, client_index);
+  kw_request *req = lua_newuserdata(L, sizeof(*req));
+
+  request_init(req, client, endpoint);
   kw_setmetatable(L, KW_REQUEST_MT);
   return req;
+}
+
+/*
+ * Pushes an empty request for a blocking call: the client's spare request
+ * when it has one, otherwise a new one. The spare leaves the client's slot
+ * while a call uses it, so a call made from inside another (by a logger, say)
+ * gets a request of its own, and a call that raises an error simply never
+ * gives it back: the garbage collector frees it.
+ */
+kw_request *kw_request_acquire(lua_State *L, int client_index, const kw_endpoint *endpoint)
+{
+  kw_client *client = kw_client_check(L, client_index);
+  kw_request *req;
+
+  lua_rawgeti(L, LUA_REGISTRYINDEX, client->spare_ref);
+  req = lua_type(L, -1) == LUA_TUSERDATA ? lua_touserdata(L, -1) : NULL;
+  if (req == NULL) {
+    lua_pop(L, 1);
+    return kw_request_new(L, client_index, endpoint);
+  }
+  lua_pushboolean(L, 0);
+  lua_rawseti(L, LUA_REGISTRYINDEX, client->spare_ref);
+  request_init(req, client, endpoint);
+  return req;
+}
+
+/* Frees what the finished request at request_index holds and keeps it as the client's spare. */
+void kw_request_recycle(lua_State *L, kw_request *req, int request_index)
+{
+  request_release(req);
+  lua_pushvalue(L, request_index);
+  lua_rawseti(L, LUA_REGISTRYINDEX, req->client->spare_ref);
 }
 
 static char *dup_or_raise(lua_State *L, const char *s, size_t n)
@@ -151,9 +189,10 @@ static void add_header(lua_State *L, kw_request *req, const char *line)
   req->headers = list;
 }
 
-static const char *function_name(lua_State *L, const kw_endpoint *ep)
+/* The argument name of an id in messages, such as "dock status id"; built only for errors. */
+static const char *id_argname(lua_State *L, const kw_endpoint *ep)
 {
-  return lua_pushfstring(L, "%s.%s", ep->ns, ep->name);
+  return lua_pushfstring(L, "%s id", ep->id_label);
 }
 
 /*
@@ -164,7 +203,6 @@ static const char *function_name(lua_State *L, const kw_endpoint *ep)
 static void check_id(lua_State *L, kw_request *req, int arg, const char *fname)
 {
   const kw_endpoint *ep = req->endpoint;
-  const char *argname = lua_pushfstring(L, "%s id", ep->id_label);
   size_t len;
   const char *id;
 
@@ -172,7 +210,7 @@ static void check_id(lua_State *L, kw_request *req, int arg, const char *fname)
     lua_Number n = lua_tonumber(L, arg);
 
     if (n != floor(n) || fabs(n) > KW_MAX_EXACT_INTEGER)
-      kw_argerror(L, arg, fname, argname,
+      kw_argerror(L, arg, fname, id_argname(L, ep),
                   "number %f is not an integer exactly representable as a "
                   "double (at most 2^53); pass the id as a string", n);
     {
@@ -183,55 +221,76 @@ static void check_id(lua_State *L, kw_request *req, int arg, const char *fname)
       lua_replace(L, arg);
     }
   } else if (lua_type(L, arg) != LUA_TSTRING) {
-    kw_argerror(L, arg, fname, argname, "string expected, got %s",
+    kw_argerror(L, arg, fname, id_argname(L, ep), "string expected, got %s",
                 luaL_typename(L, arg));
   }
   id = lua_tolstring(L, arg, &len);
   if (len == 0)
-    kw_argerror(L, arg, fname, argname, "must not be empty");
+    kw_argerror(L, arg, fname, id_argname(L, ep), "must not be empty");
   if (memchr(id, '\0', len) != NULL)
-    kw_argerror(L, arg, fname, argname, "must not contain a NUL byte");
+    kw_argerror(L, arg, fname, id_argname(L, ep), "must not contain a NUL byte");
   if (strcmp(id, ".") == 0 || strcmp(id, "..") == 0)
-    kw_argerror(L, arg, fname, argname,
+    kw_argerror(L, arg, fname, id_argname(L, ep),
                 "'%s' is not a valid id because it is a relative path segment", id);
   if (len > KW_MAX_ID_LENGTH)
-    kw_argerror(L, arg, fname, argname, "longer than %d bytes", KW_MAX_ID_LENGTH);
+    kw_argerror(L, arg, fname, id_argname(L, ep), "longer than %d bytes", KW_MAX_ID_LENGTH);
   req->id = dup_or_raise(L, id, len);
 }
 
-static void build_url(lua_State *L, kw_request *req, const char *escaped)
+/*
+ * Sets req->path to the endpoint's path around the escaped id (or the bare
+ * path when escaped is NULL) and req->url to the base URL, path and query.
+ * Returns 0 when out of memory; whatever was allocated is owned by req.
+ */
+static int join_url(kw_request *req, const char *escaped)
 {
   const kw_endpoint *ep = req->endpoint;
-  luaL_Buffer b;
-  size_t n;
-  const char *path;
+  const char *base = req->client->base_url;
+  const char *suffix = escaped != NULL ? ep->path_suffix : "";
+  const char *query = req->query != NULL ? req->query : "";
+  size_t prefix_len = strlen(ep->path_prefix);
+  size_t id_len = escaped != NULL ? strlen(escaped) : 0;
+  size_t suffix_len = strlen(suffix);
+  size_t path_len = prefix_len + id_len + suffix_len;
+  size_t base_len = strlen(base);
+  size_t query_len = strlen(query);
+  char *path = malloc(path_len + 1);
+  char *url;
 
-  luaL_buffinit(L, &b);
-  luaL_addstring(&b, ep->path_prefix);
-  if (escaped != NULL) {
-    luaL_addstring(&b, escaped);
-    luaL_addstring(&b, ep->path_suffix);
-  }
-  luaL_pushresult(&b);
-  path = lua_tolstring(L, -1, &n);
-  req->path = dup_or_raise(L, path, n);
-  lua_pushfstring(L, "%s%s%s", req->client->base_url, path,
-                  req->query != NULL ? req->query : "");
-  path = lua_tolstring(L, -1, &n);
-  req->url = dup_or_raise(L, path, n);
-  lua_pop(L, 2);
+  if (path == NULL)
+    return 0;
+  memcpy(path, ep->path_prefix, prefix_len);
+  if (id_len > 0)
+    memcpy(path + prefix_len, escaped, id_len);
+  memcpy(path + prefix_len + id_len, suffix, suffix_len + 1);
+  req->path = path;
+  url = malloc(base_len + path_len + query_len + 1);
+  if (url == NULL)
+    return 0;
+  memcpy(url, base, base_len);
+  memcpy(url + base_len, path, path_len);
+  memcpy(url + base_len + path_len, query, query_len + 1);
+  req->url = url;
+  return 1;
+}
+
+static void build_url(lua_State *L, kw_request *req)
+{
+  if (!join_url(req, NULL))
+    luaL_error(L, "kore_workflow: out of memory");
 }
 
 static void escape_id(lua_State *L, kw_request *req)
 {
   char *escaped = curl_easy_escape(NULL, req->id, (int)strlen(req->id));
+  int joined;
 
   if (escaped == NULL)
     luaL_error(L, "kore_workflow: out of memory");
-  lua_pushstring(L, escaped);
+  joined = join_url(req, escaped);
   curl_free(escaped);
-  build_url(L, req, lua_tostring(L, -1));
-  lua_pop(L, 1);
+  if (!joined)
+    luaL_error(L, "kore_workflow: out of memory");
 }
 
 static int field_listed(const char *const *fields, const char *name)
@@ -482,7 +541,7 @@ static void prepare_json_body(lua_State *L, kw_request *req, int fields)
 int kw_request_prepare(lua_State *L, kw_request *req, int first_arg)
 {
   const kw_endpoint *ep = req->endpoint;
-  const char *fname = function_name(L, ep);
+  const char *fname = ep->qualified;
   int arg = first_arg;
   int fields = 0;
   int fields_arg = 0;
@@ -534,10 +593,11 @@ int kw_request_prepare(lua_State *L, kw_request *req, int first_arg)
   else if (ep->path_suffix != NULL)
     escape_id(L, req);
   else
-    build_url(L, req, NULL);
+    build_url(L, req);
 
   if (req->send_key)
     add_header(L, req, req->client->api_key_header);
+  add_header(L, req, req->client->user_agent);
   if (ep->body != KW_BODY_DOWNLOAD)
     add_header(L, req, "Accept: application/json");
   if (ep->body == KW_BODY_JSON) {
@@ -598,31 +658,89 @@ static int on_progress(void *userdata, curl_off_t dltotal, curl_off_t dlnow,
   return 0;
 }
 
-/* Sets every option of the transfer on easy; the handle keeps its connections. */
+/*
+ * Points easy at the request's URL. The client's own handle is given the
+ * client's parsed base URL with this request's path and query, so libcurl
+ * does not parse the whole URL again for every call; other handles, and
+ * downloads from links, get the URL as text.
+ */
+static void set_target(kw_request *req, CURL *easy)
+{
+  kw_client *client = req->client;
+
+  /*
+   * Only a URL without percent-escapes takes this way, which covers every id
+   * the service issues: libcurl would write the escapes of a path set as a
+   * part in lower case, and giving the path as a relative URL costs as much
+   * as the whole URL.
+   */
+  if (easy == client->easy && req->endpoint->body != KW_BODY_DOWNLOAD &&
+      strchr(req->url, '%') == NULL &&
+      curl_url_set(client->url, CURLUPART_PATH, req->path, 0) == CURLUE_OK &&
+      curl_url_set(client->url, CURLUPART_QUERY, req->query != NULL ? req->query + 1 : NULL,
+                   0) == CURLUE_OK) {
+    curl_easy_setopt(easy, CURLOPT_CURLU, client->url);
+    return;
+  }
+  curl_easy_setopt(easy, CURLOPT_CURLU, NULL);
+  curl_easy_setopt(easy, CURLOPT_URL, req->url);
+}
+
+/* The options that point into the request, set for every transfer. */
+static void set_request_pointers(kw_request *req, CURL *easy)
+{
+  set_target(req, easy);
+  curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, req->errbuf);
+  curl_easy_setopt(easy, CURLOPT_HTTPHEADER, req->headers);
+  curl_easy_setopt(easy, CURLOPT_WRITEDATA, req);
+  curl_easy_setopt(easy, CURLOPT_XFERINFODATA, req);
+  if (req->client->verbose)
+    curl_easy_setopt(easy, CURLOPT_DEBUGDATA, req);
+}
+
+static int same_limits(const kw_limits *a, const kw_limits *b)
+{
+  return a->connect_timeout_ms == b->connect_timeout_ms && a->timeout_ms == b->timeout_ms &&
+         a->stall_timeout_ms == b->stall_timeout_ms && a->max_response == b->max_response;
+}
+
+/*
+ * Sets every option of the transfer on easy; the handle keeps its
+ * connections. A call without a request body whose endpoint and limits
+ * match the previous transfer on the client's own handle finds every other
+ * option already in place, so only the options pointing into the request
+ * are set again; anything else resets the handle and sets all of them.
+ */
 void kw_request_setup_easy(kw_request *req, CURL *easy)
 {
-  const kw_client *client = req->client;
+  kw_client *client = req->client;
   const kw_limits *limits = &req->limits;
+  int reusable = easy == client->easy && req->endpoint->body == KW_BODY_NONE;
+
+  req->errbuf[0] = '\0';
+  req->progress_bytes = -1;
+  req->stalled = 0;
+  if (reusable && client->easy_endpoint == req->endpoint &&
+      same_limits(&client->easy_limits, limits)) {
+    set_request_pointers(req, easy);
+    return;
+  }
 
   curl_easy_reset(easy);
-  req->errbuf[0] = '\0';
-  curl_easy_setopt(easy, CURLOPT_URL, req->url);
+  set_request_pointers(req, easy);
   curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(easy, CURLOPT_PATH_AS_IS, 1L);
   curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
   curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
-  curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, req->errbuf);
-  curl_easy_setopt(easy, CURLOPT_HTTPHEADER, req->headers);
-  curl_easy_setopt(easy, CURLOPT_USERAGENT, client->user_agent);
-  curl_easy_setopt(easy, CURLOPT_ACCEPT_ENCODING, "");
   if (req->endpoint->body == KW_BODY_DOWNLOAD) {
+    /* A download is written as it arrives, so libcurl decodes whatever coding it was sent in. */
+    curl_easy_setopt(easy, CURLOPT_ACCEPT_ENCODING, "");
     curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, kw_body_on_download);
   } else {
     curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(easy, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)limits->max_response);
   }
-  curl_easy_setopt(easy, CURLOPT_WRITEDATA, req);
   if (client->insecure) {
     /* Only the client option named insecure gets here; creating such a client logs a warning. */
     curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 0L);
@@ -633,7 +751,6 @@ void kw_request_setup_easy(kw_request *req, CURL *easy)
   }
   if (client->verbose) {
     curl_easy_setopt(easy, CURLOPT_DEBUGFUNCTION, kw_log_on_debug);
-    curl_easy_setopt(easy, CURLOPT_DEBUGDATA, req);
     curl_easy_setopt(easy, CURLOPT_VERBOSE, 1L);
   }
   if (client->ca_file != NULL)
@@ -641,11 +758,15 @@ void kw_request_setup_easy(kw_request *req, CURL *easy)
   curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, limits->connect_timeout_ms);
   if (limits->timeout_ms > 0)
     curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, limits->timeout_ms);
-  req->progress_bytes = -1;
-  req->stalled = 0;
-  curl_easy_setopt(easy, CURLOPT_XFERINFOFUNCTION, on_progress);
-  curl_easy_setopt(easy, CURLOPT_XFERINFODATA, req);
-  curl_easy_setopt(easy, CURLOPT_NOPROGRESS, 0L);
+  /*
+   * The stall check runs in the progress callback. With an overall limit no
+   * longer than the stall limit, the overall limit always ends a stalled
+   * transfer first, so the callback is left out.
+   */
+  if (limits->timeout_ms == 0 || limits->stall_timeout_ms < limits->timeout_ms) {
+    curl_easy_setopt(easy, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(easy, CURLOPT_NOPROGRESS, 0L);
+  }
 
   if (req->endpoint->body == KW_BODY_JSON) {
     curl_easy_setopt(easy, CURLOPT_POSTFIELDS, req->body);
@@ -665,6 +786,11 @@ void kw_request_setup_easy(kw_request *req, CURL *easy)
    */
   if (!(req->endpoint->flags & KW_IDEMPOTENT))
     curl_easy_setopt(easy, CURLOPT_FRESH_CONNECT, 1L);
+
+  if (easy == client->easy) {
+    client->easy_endpoint = reusable ? req->endpoint : NULL;
+    client->easy_limits = *limits;
+  }
 }
 
 static char *dup_optional(const char *s)
@@ -682,6 +808,12 @@ void kw_request_collect(kw_request *req, CURL *easy, CURLcode code)
   curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &req->status);
   if (curl_easy_getinfo(easy, CURLINFO_CONTENT_TYPE, &text) == CURLE_OK)
     req->content_type = dup_optional(text);
+  if (req->endpoint->body != KW_BODY_DOWNLOAD) {
+    struct curl_header *header = NULL;
+
+    if (curl_easy_header(easy, "Content-Encoding", 0, CURLH_HEADER, -1, &header) == CURLHE_OK)
+      req->content_encoding = dup_optional(header->value);
+  }
   text = NULL;
   if (curl_easy_getinfo(easy, CURLINFO_REDIRECT_URL, &text) == CURLE_OK)
     req->location = dup_optional(text);

@@ -299,12 +299,22 @@ static int http_failure(lua_State *L, kw_request *req, int codec_index)
   return kw_error_return(L, req->client, &info);
 }
 
+static int contains_bytes(const char *data, size_t len, const char *needle, size_t n)
+{
+  size_t i;
+
+  for (i = 0; i + n <= len; i++)
+    if (data[i] == needle[0] && memcmp(data + i, needle, n) == 0)
+      return 1;
+  return 0;
+}
+
 static int contains_json(const char *content_type)
 {
   const char *p;
 
   for (p = content_type; *p != '\0'; p++)
-    if (strncasecmp(p, "json", 4) == 0)
+    if ((p[0] | 0x20) == 'j' && strncasecmp(p, "json", 4) == 0)
       return 1;
   return 0;
 }
@@ -404,14 +414,24 @@ static int normalise_job(lua_State *L, kw_request *req, int result)
 int kw_request_push_result(lua_State *L, kw_request *req, int codec_index)
 {
   int result;
+  int decoded;
 
   codec_index = kw_absindex(L, codec_index);
   if (req->endpoint->body == KW_BODY_DOWNLOAD && kw_body_finish_download(req))
     return push_download(L, req);
   if (req->code != CURLE_OK)
     return transfer_failure(L, req);
-  if (req->status < 200 || req->status >= 300)
+  decoded = req->endpoint->body == KW_BODY_DOWNLOAD || kw_inflate_response(req);
+  if (req->status < 200 || req->status >= 300) {
+    if (!decoded) {
+      /* The status says what failed; a body that cannot be decoded adds nothing. */
+      req->code = CURLE_OK;
+      req->response.len = 0;
+    }
     return http_failure(L, req, codec_index);
+  }
+  if (!decoded)
+    return transfer_failure(L, req);
   if (req->endpoint->body == KW_BODY_DOWNLOAD)
     return failure(L, req, "file", lua_pushfstring(L, "%s failed: the file '%s' could not be "
                                                    "written", subject(L, req),
@@ -432,7 +452,9 @@ int kw_request_push_result(lua_State *L, kw_request *req, int codec_index)
   if (lua_type(L, -1) != LUA_TTABLE)
     return invalid_body(L, req, "the body is not a JSON object");
   result = lua_gettop(L);
-  kw_json_normalise(L, codec_index, result);
+  /* Before Lua 5.3 only JSON null needs replacing, and a body without "null" has none. */
+  if (LUA_VERSION_NUM >= 503 || contains_bytes(req->response.data, req->response.len, "null", 4))
+    kw_json_normalise(L, codec_index, result);
 
   if (req->endpoint->result == KW_RESULT_JOB && !normalise_job(L, req, result))
     return invalid_body(L, req, "the job record has no dockStatusId, dock-statusId or _id");

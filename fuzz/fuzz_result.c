@@ -2,8 +2,8 @@
  * Fuzz target: kw_request_push_result, which turns a finished transfer into
  * the Lua result of a call. The input fills a request as kw_request_collect
  * would after a transfer (libcurl's result code, the HTTP status, the
- * Content-Type and Location headers, Retry-After, libcurl's error text and
- * the response body), and nothing is sent.
+ * Content-Type, Content-Encoding and Location headers, Retry-After,
+ * libcurl's error text and the response body), and nothing is sent.
  *
  * Checked for every input: the call returns a result table or nil and an
  * error table. A result carries the field its endpoint promises, no JSON
@@ -126,6 +126,16 @@ static void fill_request(kwf_input *in, kw_request *req)
     req->content_type = take_header_text(in, 200);
   if (flags & 32)
     req->location = take_header_text(in, 600);
+  if (flags & 128) {
+    static const char *const codings[] = { "gzip", "deflate", " GZIP ", "identity", "br", "" };
+
+    choice = kwf_byte(in);
+    req->content_encoding = choice < 192
+      ? strdup(codings[choice % (sizeof(codings) / sizeof(codings[0]))])
+      : take_header_text(in, 40);
+    if (req->content_encoding == NULL)
+      abort();
+  }
   if (flags & 64) {
     char *text = take_header_text(in, CURL_ERROR_SIZE - 1);
 

@@ -551,6 +551,69 @@ describe("faults", function()
       local after = client.workflow.status("ds-after-gzip")
       assert.equal("SUCCESS", after.status)
     end)
+
+    fault("deflate bodies are decoded, in the zlib format and raw", function()
+      local json = '{"_id":"ds-deflate","status":"SUCCESS","note":"' .. ("packed "):rep(40) .. '"}'
+      local path = fixtures.write_temp(json)
+      finally(function()
+        os.remove(path)
+      end)
+      local compress = "python3 -c 'import sys, zlib; data = zlib.compress(sys.stdin.buffer.read()); "
+        .. "sys.stdout.buffer.write(data if sys.argv[1] == \"zlib\" else data[2:-4])' %s < "
+        .. shell_quote(path)
+      for _, format in ipairs { "zlib", "raw" } do
+        local deflated = run(compress:format(format))
+        assert.is_true(#deflated > 0 and #deflated < #json)
+        script_status("ds-deflate", { { body = deflated,
+          headers = { ["Content-Encoding"] = "deflate", ["Content-Type"] = "application/json" } } })
+        local job, err = new_client().workflow.status("ds-deflate")
+        assert.is_nil(err, format)
+        assert.equal(("packed "):rep(40), job.note)
+      end
+    end)
+
+    fault("a coding the client does not decode is named in the error", function()
+      script_status("ds-brotli", { { body = "\x1b\x03\x00",
+        headers = { ["Content-Encoding"] = "br", ["Content-Type"] = "application/json" } } })
+      local job, err = new_client().workflow.status("ds-brotli")
+      assert.is_nil(job)
+      assert.equal("invalid_response", err.kind)
+      assert.matches("Content-Encoding (br is not a coding the client decodes)", err.message, 1, true)
+    end)
+
+    fault("an HTTP error with an undecodable body still reports its status", function()
+      script_status("ds-gone", { { status = 503, body = "not gzip",
+        headers = { ["Content-Encoding"] = "gzip", ["Content-Type"] = "application/json" } } })
+      local job, err = new_client().workflow.status("ds-gone")
+      assert.is_nil(job)
+      assert.equal("http", err.kind)
+      assert.equal(503, err.status)
+    end)
+
+    fault("a gzip body past max_response is cut off after decoding", function()
+      local json = '{"_id":"ds-bomb","status":"SUCCESS","pad":"' .. ("0"):rep(200000) .. '"}'
+      local path = fixtures.write_temp(json)
+      finally(function()
+        os.remove(path)
+      end)
+      local gzipped = run("gzip -c -n " .. shell_quote(path))
+      assert.is_true(#gzipped < 2000)
+      script_status("ds-bomb", { { body = gzipped,
+        headers = { ["Content-Encoding"] = "gzip", ["Content-Type"] = "application/json" } } })
+      local job, err = new_client().workflow.status("ds-bomb", { max_response = 100000 })
+      assert.is_nil(job)
+      assert.equal("invalid_response", err.kind)
+      assert.matches("larger than the limit of 100000 bytes", err.message, 1, true)
+    end)
+
+    fault("JSON calls ask for no content coding", function()
+      script_status("ds-plain", { { body = job_body("ds-plain") } })
+      assert(new_client().workflow.status("ds-plain"))
+      local record = requests_to(emu, status_path("ds-plain"))[1]
+      for name in pairs(record.headers) do
+        assert.are_not.equal("accept-encoding", name:lower())
+      end
+    end)
   end)
 
   describe("JSON", function()

@@ -61,6 +61,79 @@ describe("transport", function()
     end
   end)
 
+  it("applies each call's own limits on a reused handle", function()
+    emu:script { method = "GET", path = "/api/public/dock-status/ds-slow", responses = {
+      { delay = 1, body = { _id = "ds-slow", status = "SUCCESS" } } }, ["repeat"] = -1 }
+    local job, err = client.workflow.status("ds-slow", { timeout = 0.2 })
+    assert.is_nil(job)
+    assert.equal("timeout", err.kind)
+    -- The same call without options has the client's 30 s limit again.
+    job = assert(client.workflow.status("ds-slow"))
+    assert.equal("SUCCESS", job.status)
+    job, err = client.workflow.status("ds-slow", { timeout = 0.2 })
+    assert.is_nil(job)
+    assert.equal("timeout", err.kind)
+  end)
+
+  it("sends each call's own path and query on a reused handle", function()
+    emu:seed_workflow("a-transport", "transport", {
+      workflowData = "{}", flowData = "{}", envVariables = "[]" })
+    -- Unknown dock status ids answer 404, which is enough here.
+    client.workflow.status("ds-first")
+    assert(client.workflow.export("a-transport", { flow_id = "flow1" }))
+    client.workflow.status("ds-second")
+    assert(client.workflow.export("a-transport", { flow_id = "flow 1" }))
+    client.workflow.status("ds/third")
+    assert(client.workflow.export("a-transport"))
+    client.workflow.status(12345)
+    local paths = {}
+    for _, record in ipairs(emu:requests()) do
+      paths[#paths + 1] = record.method .. " " .. record.path
+    end
+    assert.same({
+      "GET /api/public/dock-status/ds-first",
+      "POST /api/public/workflows/a-transport/export?flowId=flow1",
+      "GET /api/public/dock-status/ds-second",
+      "POST /api/public/workflows/a-transport/export?flowId=flow%201",
+      "GET /api/public/dock-status/ds%2Fthird",
+      "POST /api/public/workflows/a-transport/export",
+      "GET /api/public/dock-status/12345",
+    }, paths)
+  end)
+
+  it("serves a call made by the logger during another call", function()
+    local inner_job, inner_err
+    local calling = false
+    local nested
+    nested = kw.client { host = emu.url, api_key = KEY, verbose = true, logger = function(line)
+      if not calling and line:find("ds-outer", 1, true) then
+        calling = true
+        inner_job, inner_err = nested.workflow.status("ds-inner")
+      end
+    end }
+    emu:script { method = "GET", path = "/api/public/dock-status/ds-outer", responses = {
+      { body = { _id = "ds-outer", status = "SUCCESS" } } } }
+    emu:script { method = "GET", path = "/api/public/dock-status/ds-inner", responses = {
+      { body = { _id = "ds-inner", status = "FAILED" } } } }
+    local job = assert(nested.workflow.status("ds-outer"))
+    assert.is_nil(inner_err)
+    assert.equal("ds-outer", job.dockStatusId)
+    assert.equal("SUCCESS", job.status)
+    assert.equal("ds-inner", inner_job.dockStatusId)
+    assert.equal("FAILED", inner_job.status)
+    local _, err = nested.workflow.status("ds-after")
+    assert.equal(404, err.status)
+  end)
+
+  it("serves calls after an argument error", function()
+    assert.has_error(function() client.workflow.status({}) end)
+    assert.has_error(function() client.workflow.status("ds-1", { timeout = "soon" }) end)
+    emu:script { method = "GET", path = "/api/public/dock-status/ds-ok", responses = {
+      { body = { _id = "ds-ok", status = "SUCCESS" } } } }
+    local job = assert(client.workflow.status("ds-ok"))
+    assert.equal("ds-ok", job.dockStatusId)
+  end)
+
   it("opens a new connection for every import", function()
     local fields = { workflowDataFileId = "a", flowDataFileId = "b", envVariablesFileId = "c" }
     client.workflow.status("ds-1")
