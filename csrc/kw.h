@@ -125,6 +125,9 @@ typedef struct kw_client {
   size_t api_key_offset;
   char *ca_file;
   char *user_agent;     /* the User-Agent header line */
+  struct curl_slist *plain_headers; /* key, User-Agent and Accept: calls without a body */
+  char *proxy;          /* proxy for base_url from the environment, "" for none */
+  char *no_proxy;       /* hosts that bypass it, from the environment */
   long connect_timeout_ms;
   long timeout_ms;
   long stall_timeout_ms;

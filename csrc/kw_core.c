@@ -43,6 +43,8 @@ static void wipe(char *s)
 
 static void client_release(lua_State *L, kw_client *client)
 {
+  struct curl_slist *line;
+
   kw_multi_release_client(client);
   if (client->easy != NULL)
     curl_easy_cleanup(client->easy);
@@ -51,11 +53,17 @@ static void client_release(lua_State *L, kw_client *client)
   client->url = NULL;
   wipe(client->api_key_header);
   free(client->api_key_header);
+  for (line = client->plain_headers; line != NULL; line = line->next)
+    wipe(line->data);
+  curl_slist_free_all(client->plain_headers);
+  client->plain_headers = NULL;
   free(client->base_url);
   free(client->ca_file);
   free(client->user_agent);
+  free(client->proxy);
+  free(client->no_proxy);
   client->api_key_header = client->base_url = client->ca_file = NULL;
-  client->user_agent = NULL;
+  client->user_agent = client->proxy = client->no_proxy = NULL;
   if (client->codec_ref != LUA_NOREF) {
     luaL_unref(L, LUA_REGISTRYINDEX, client->codec_ref);
     client->codec_ref = LUA_NOREF;
@@ -232,6 +240,44 @@ static long client_option_ms(lua_State *L, int opts, const char *name, long fall
   return seconds < 0.001 ? 1 : (long)ceil(seconds * 1000.0);
 }
 
+/* The first of the environment variables names that is set and not empty, or NULL. */
+static const char *first_env(const char *const *names)
+{
+  for (; *names != NULL; names++) {
+    const char *value = getenv(*names);
+
+    if (value != NULL && value[0] != '\0')
+      return value;
+  }
+  return NULL;
+}
+
+/*
+ * Reads the proxy settings for the base URL from the environment once, as
+ * libcurl would on every transfer: http_proxy (lower case only) for http,
+ * https_proxy or HTTPS_PROXY for https, else all_proxy or ALL_PROXY, and
+ * no_proxy or NO_PROXY. Calls then pass them as options, and libcurl skips
+ * its own look-ups.
+ */
+static void set_proxy(lua_State *L, kw_client *client)
+{
+  static const char *const http_names[] = { "http_proxy", "all_proxy", "ALL_PROXY", NULL };
+  static const char *const https_names[] = {
+    "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", NULL
+  };
+  static const char *const no_proxy_names[] = { "no_proxy", "NO_PROXY", NULL };
+  int https = strncmp(client->base_url, "https:", 6) == 0;
+  const char *proxy = first_env(https ? https_names : http_names);
+  const char *no_proxy = first_env(no_proxy_names);
+
+  if (proxy == NULL)
+    proxy = "";
+  if (no_proxy == NULL)
+    no_proxy = "";
+  client->proxy = copy_string(L, proxy, strlen(proxy));
+  client->no_proxy = copy_string(L, no_proxy, strlen(no_proxy));
+}
+
 static void set_ca_file(lua_State *L, kw_client *client, int opts)
 {
   const char *path;
@@ -264,6 +310,31 @@ static void set_user_agent(lua_State *L, kw_client *client)
                   kw_lua_version(L));
   client->user_agent = copy_string(L, lua_tostring(L, -1), kw_rawlen(L, -1));
   lua_pop(L, 1);
+}
+
+/*
+ * Builds the header list of calls without a body (key, User-Agent, Accept),
+ * which every such call shares instead of building its own.
+ */
+static void set_plain_headers(lua_State *L, kw_client *client)
+{
+  const char *lines[3];
+  struct curl_slist *list = NULL;
+  int i;
+
+  lines[0] = client->api_key_header;
+  lines[1] = client->user_agent;
+  lines[2] = "Accept: application/json";
+  for (i = 0; i < 3; i++) {
+    struct curl_slist *longer = curl_slist_append(list, lines[i]);
+
+    if (longer == NULL) {
+      curl_slist_free_all(list);
+      luaL_error(L, "kore_workflow: out of memory");
+    }
+    list = longer;
+  }
+  client->plain_headers = list;
 }
 
 static int boolean_option(lua_State *L, int opts, const char *name)
@@ -363,6 +434,7 @@ static int core_new_client(lua_State *L)
   lua_pop(L, 1);
   set_api_key(L, client, 1);
   set_ca_file(L, client, 1);
+  set_proxy(L, client);
   client->connect_timeout_ms = client_option_ms(L, 1, "connect_timeout",
                                                 KW_DEFAULT_CONNECT_TIMEOUT_MS);
   client->timeout_ms = client_option_ms(L, 1, "timeout", KW_DEFAULT_TIMEOUT_MS);
@@ -379,6 +451,7 @@ static int core_new_client(lua_State *L)
   }
   lua_pop(L, 1);
   set_user_agent(L, client);
+  set_plain_headers(L, client);
   set_logging(L, client, 1);
 
   lua_pushvalue(L, 2);

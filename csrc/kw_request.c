@@ -280,16 +280,36 @@ static void build_url(lua_State *L, kw_request *req)
     luaL_error(L, "kore_workflow: out of memory");
 }
 
+/*
+ * Writes id into out percent-encoded as one path segment: every byte but
+ * the unreserved ones (RFC 3986: letters, digits, "-", ".", "_", "~") as %XX
+ * in upper case, as curl_easy_escape does, without its allocations.
+ */
+static void escape_segment(const char *id, char *out)
+{
+  static const char hex[] = "0123456789ABCDEF";
+  const unsigned char *p;
+
+  for (p = (const unsigned char *)id; *p != '\0'; p++) {
+    if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+        *p == '-' || *p == '.' || *p == '_' || *p == '~') {
+      *out++ = (char)*p;
+    } else {
+      *out++ = '%';
+      *out++ = hex[*p >> 4];
+      *out++ = hex[*p & 15];
+    }
+  }
+  *out = '\0';
+}
+
 static void escape_id(lua_State *L, kw_request *req)
 {
-  char *escaped = curl_easy_escape(NULL, req->id, (int)strlen(req->id));
-  int joined;
+  /* check_id keeps ids to KW_MAX_ID_LENGTH bytes, each at most 3 escaped. */
+  char escaped[3 * KW_MAX_ID_LENGTH + 1];
 
-  if (escaped == NULL)
-    luaL_error(L, "kore_workflow: out of memory");
-  joined = join_url(req, escaped);
-  curl_free(escaped);
-  if (!joined)
+  escape_segment(req->id, escaped);
+  if (!join_url(req, escaped))
     luaL_error(L, "kore_workflow: out of memory");
 }
 
@@ -595,11 +615,14 @@ int kw_request_prepare(lua_State *L, kw_request *req, int first_arg)
   else
     build_url(L, req);
 
-  if (req->send_key)
-    add_header(L, req, req->client->api_key_header);
-  add_header(L, req, req->client->user_agent);
-  if (ep->body != KW_BODY_DOWNLOAD)
-    add_header(L, req, "Accept: application/json");
+  /* Calls without a body send the client's plain_headers; the others build their own. */
+  if (ep->body != KW_BODY_NONE) {
+    if (req->send_key)
+      add_header(L, req, req->client->api_key_header);
+    add_header(L, req, req->client->user_agent);
+    if (ep->body != KW_BODY_DOWNLOAD)
+      add_header(L, req, "Accept: application/json");
+  }
   if (ep->body == KW_BODY_JSON) {
     add_header(L, req, "Content-Type: application/json");
     prepare_json_body(L, req, fields);
@@ -691,7 +714,8 @@ static void set_request_pointers(kw_request *req, CURL *easy)
 {
   set_target(req, easy);
   curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, req->errbuf);
-  curl_easy_setopt(easy, CURLOPT_HTTPHEADER, req->headers);
+  curl_easy_setopt(easy, CURLOPT_HTTPHEADER,
+                   req->headers != NULL ? req->headers : req->client->plain_headers);
   curl_easy_setopt(easy, CURLOPT_WRITEDATA, req);
   curl_easy_setopt(easy, CURLOPT_XFERINFODATA, req);
   if (req->client->verbose)
@@ -755,6 +779,11 @@ void kw_request_setup_easy(kw_request *req, CURL *easy)
   }
   if (client->ca_file != NULL)
     curl_easy_setopt(easy, CURLOPT_CAINFO, client->ca_file);
+  /* A download link may name another host, whose proxy libcurl looks up itself. */
+  if (req->endpoint->body != KW_BODY_DOWNLOAD) {
+    curl_easy_setopt(easy, CURLOPT_PROXY, client->proxy);
+    curl_easy_setopt(easy, CURLOPT_NOPROXY, client->no_proxy);
+  }
   curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, limits->connect_timeout_ms);
   if (limits->timeout_ms > 0)
     curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, limits->timeout_ms);

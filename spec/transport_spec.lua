@@ -134,6 +134,45 @@ describe("transport", function()
     assert.equal("ds-ok", job.dockStatusId)
   end)
 
+  describe("proxy from the environment", function()
+    -- Runs a fresh Lua process whose environment holds the proxy variables,
+    -- with a client for a host that nothing listens on, and returns what its
+    -- status call printed.
+    local function status_through(env)
+      local settings = {
+        ("LUA_PATH=%q"):format(package.path), ("LUA_CPATH=%q"):format(package.cpath),
+        ("KEY=%q"):format(KEY),
+      }
+      for name, value in pairs(env) do
+        settings[#settings + 1] = ("%s=%q"):format(name, value)
+      end
+      local code = "local kw = require 'kore_workflow'; "
+        .. "local client = kw.client { host = 'http://127.0.0.1:9', api_key = os.getenv('KEY') }; "
+        .. "local job, err = client.workflow.status('ds-proxied'); "
+        .. "io.write(job and 'ok' or err.kind, ' ', tostring(err))"
+      local handle = assert(io.popen(("env -u http_proxy -u all_proxy -u ALL_PROXY -u no_proxy "
+        .. "-u NO_PROXY %s %s -e %q 2>&1"):format(table.concat(settings, " "),
+        os.getenv("KORE_TEST_LUA") or "lua5.4", code)))
+      local output = handle:read("*a")
+      handle:close()
+      return output
+    end
+
+    it("sends calls through http_proxy", function()
+      local output = status_through { http_proxy = emu.url }
+      -- The emulator is no proxy: it refuses the absolute request target,
+      -- which only a client sending through a proxy writes.
+      assert.matches('^http .*HTTP 400: request target '
+        .. '"http://127%.0%.0%.1:9/api/public/dock%-status/ds%-proxied"', output)
+    end)
+
+    it("connects directly to a host in no_proxy", function()
+      local output = status_through { http_proxy = emu.url, no_proxy = "127.0.0.1" }
+      assert.matches("^network .*cannot connect to http://127%.0%.0%.1:9", output)
+      assert.equal(0, #emu:requests())
+    end)
+  end)
+
   it("opens a new connection for every import", function()
     local fields = { workflowDataFileId = "a", flowDataFileId = "b", envVariablesFileId = "c" }
     client.workflow.status("ds-1")
