@@ -240,7 +240,7 @@ static long client_option_ms(lua_State *L, int opts, const char *name, long fall
   return seconds < 0.001 ? 1 : (long)ceil(seconds * 1000.0);
 }
 
-/* The first of the environment variables names that is set and not empty, or NULL. */
+/* Returns the value of the first variable in names that is set and not empty, or NULL. */
 static const char *first_env(const char *const *names)
 {
   for (; *names != NULL; names++) {

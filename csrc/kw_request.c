@@ -37,6 +37,8 @@ void kw_buf_init(kw_buf *buf, size_t limit)
 /* Appends n bytes; returns 0, and sets overflowed, when that would pass the limit. */
 int kw_buf_append(kw_buf *buf, const char *bytes, size_t n)
 {
+  if (n == 0)
+    return 1;
   if (n > buf->limit - buf->len) {
     buf->overflowed = 1;
     return 0;
@@ -140,9 +142,9 @@ kw_request *kw_request_new(lua_State *L, int client_index,
 /*
  * Pushes an empty request for a blocking call: the client's spare request
  * when it has one, otherwise a new one. The spare leaves the client's slot
- * while a call uses it, so a call made from inside another (by a logger, say)
- * gets a request of its own, and a call that raises an error simply never
- * gives it back: the garbage collector frees it.
+ * while a call uses it, so a call made from inside another (by a logger, for
+ * example) gets a request of its own. A call that raises an error never
+ * gives the spare back, and the garbage collector frees it.
  */
 kw_request *kw_request_acquire(lua_State *L, int client_index, const kw_endpoint *endpoint)
 {
@@ -161,7 +163,7 @@ kw_request *kw_request_acquire(lua_State *L, int client_index, const kw_endpoint
   return req;
 }
 
-/* Frees what the finished request at request_index holds and keeps it as the client's spare. */
+/* Frees the memory the finished request at request_index owns and keeps it as the client's spare. */
 void kw_request_recycle(lua_State *L, kw_request *req, int request_index)
 {
   request_release(req);
@@ -682,9 +684,9 @@ static int on_progress(void *userdata, curl_off_t dltotal, curl_off_t dlnow,
 }
 
 /*
- * Points easy at the request's URL. The client's own handle is given the
+ * Points easy at the request's URL. The client's own handle gets the
  * client's parsed base URL with this request's path and query, so libcurl
- * does not parse the whole URL again for every call; other handles, and
+ * does not parse the whole URL again for every call. Other handles, and
  * downloads from links, get the URL as text.
  */
 static void set_target(kw_request *req, CURL *easy)
@@ -693,9 +695,9 @@ static void set_target(kw_request *req, CURL *easy)
 
   /*
    * Only a URL without percent-escapes takes this way, which covers every id
-   * the service issues: libcurl would write the escapes of a path set as a
-   * part in lower case, and giving the path as a relative URL costs as much
-   * as the whole URL.
+   * the service issues. libcurl would write the escapes of a path set as a
+   * part in lower case, and a path given as a relative URL costs as much to
+   * parse as the whole URL.
    */
   if (easy == client->easy && req->endpoint->body != KW_BODY_DOWNLOAD &&
       strchr(req->url, '%') == NULL &&
@@ -729,11 +731,11 @@ static int same_limits(const kw_limits *a, const kw_limits *b)
 }
 
 /*
- * Sets every option of the transfer on easy; the handle keeps its
- * connections. A call without a request body whose endpoint and limits
- * match the previous transfer on the client's own handle finds every other
- * option already in place, so only the options pointing into the request
- * are set again; anything else resets the handle and sets all of them.
+ * Sets every option of the transfer on easy, and the handle keeps its
+ * connections. When a call without a request body has the endpoint and
+ * limits of the previous transfer on the client's own handle, every other
+ * option is already in place, so only the options pointing into the request
+ * are set again. Any other call resets the handle and sets all of them.
  */
 void kw_request_setup_easy(kw_request *req, CURL *easy)
 {

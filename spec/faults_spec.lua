@@ -572,6 +572,21 @@ describe("faults", function()
       end
     end)
 
+    fault("a gzip body of nothing is reported as empty", function()
+      local path = fixtures.write_temp("")
+      finally(function()
+        os.remove(path)
+      end)
+      local gzipped = run("gzip -c -n " .. shell_quote(path))
+      assert.equal("\31\139", gzipped:sub(1, 2))
+      script_status("ds-empty-gzip", { { body = gzipped,
+        headers = { ["Content-Encoding"] = "gzip", ["Content-Type"] = "application/json" } } })
+      local job, err = new_client().workflow.status("ds-empty-gzip")
+      assert.is_nil(job)
+      assert.equal("invalid_response", err.kind)
+      assert.matches("HTTP 200 with an empty body", err.message, 1, true)
+    end)
+
     fault("a coding the client does not decode is named in the error", function()
       script_status("ds-brotli", { { body = "\x1b\x03\x00",
         headers = { ["Content-Encoding"] = "br", ["Content-Type"] = "application/json" } } })

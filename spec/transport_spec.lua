@@ -78,7 +78,7 @@ describe("transport", function()
   it("sends each call's own path and query on a reused handle", function()
     emu:seed_workflow("a-transport", "transport", {
       workflowData = "{}", flowData = "{}", envVariables = "[]" })
-    -- Unknown dock status ids answer 404, which is enough here.
+    -- Unknown dock status ids return 404, which is enough here.
     client.workflow.status("ds-first")
     assert(client.workflow.export("a-transport", { flow_id = "flow1" }))
     client.workflow.status("ds-second")
@@ -135,7 +135,7 @@ describe("transport", function()
   end)
 
   describe("proxy from the environment", function()
-    -- Runs a fresh Lua process whose environment holds the proxy variables,
+    -- Runs a fresh Lua process whose environment contains the proxy variables,
     -- with a client for a host that nothing listens on, and returns what its
     -- status call printed.
     local function status_through(env)
@@ -160,8 +160,8 @@ describe("transport", function()
 
     it("sends calls through http_proxy", function()
       local output = status_through { http_proxy = emu.url }
-      -- The emulator is no proxy: it refuses the absolute request target,
-      -- which only a client sending through a proxy writes.
+      -- The emulator is not a proxy, so it rejects the absolute request
+      -- target, which only a client sending through a proxy writes.
       assert.matches('^http .*HTTP 400: request target '
         .. '"http://127%.0%.0%.1:9/api/public/dock%-status/ds%-proxied"', output)
     end)
