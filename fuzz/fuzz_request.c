@@ -30,36 +30,31 @@
 #endif
 
 /*
- * NOTE: read_upload_options in kw_request.c copies the context and filename
- * options with strlen, so upload(path, { context = "bulk\0x" }) sends the
- * context "bulk". Until those options with a NUL byte are rejected, the
- * form is checked against the option cut at its first NUL; build with
- * -DKWF_STRICT_NUL_OPTIONS=1 to require the whole value.
+ * The context and filename upload options are rejected when they contain a
+ * NUL byte, so the form must carry each option whole. Build with
+ * -DKWF_STRICT_NUL_OPTIONS=0 to accept an option cut at its first NUL, for
+ * a core from before that check.
  */
 #ifndef KWF_STRICT_NUL_OPTIONS
-#define KWF_STRICT_NUL_OPTIONS 0
+#define KWF_STRICT_NUL_OPTIONS 1
 #endif
 
 /*
- * NOTE: kw_body_prepare_chunk in kw_body.c converts chunk_number to int with
- * a cast, which is undefined behaviour for an integer above INT_MAX (the
- * field accepts integers up to 2^53). Until the field is range-checked, this
- * target keeps chunk_number within int; build with -DKWF_ANY_CHUNK_NUMBER=1
- * to pass any integer.
+ * kw_body_prepare_chunk prints chunk_number from the double, with no int
+ * cast, so this target passes any integer. Build with
+ * -DKWF_ANY_CHUNK_NUMBER=0 to keep it within int, for a core that cast it.
  */
 #ifndef KWF_ANY_CHUNK_NUMBER
-#define KWF_ANY_CHUNK_NUMBER 0
+#define KWF_ANY_CHUNK_NUMBER 1
 #endif
 
 /*
- * NOTE: files.upload_data leaks the copy of its filename option, because
- * kw_body_prepare_data sets req->file_name over the one that
- * read_upload_options made. Until that is fixed, this target passes no
- * filename option to upload_data; build with -DKWF_DATA_FILENAME_OPTION=1
- * to pass it.
+ * files.upload_data takes a filename option. Build with
+ * -DKWF_DATA_FILENAME_OPTION=0 to leave it out, for a core that leaked the
+ * option's copy.
  */
 #ifndef KWF_DATA_FILENAME_OPTION
-#define KWF_DATA_FILENAME_OPTION 0
+#define KWF_DATA_FILENAME_OPTION 1
 #endif
 
 static kwf_env *env;
@@ -187,14 +182,19 @@ static void check_url(lua_State *L, const kw_request *req, int id_arg)
   curl_free(decoded);
 }
 
+/* Calls without a body send the client's shared header list, the others their own. */
 static void check_headers(const kw_request *req)
 {
+  const struct curl_slist *headers = req->headers != NULL ? req->headers
+                                                          : req->client->plain_headers;
   const struct curl_slist *line;
   const char *expected_key = "x-api-key: " KWF_KEY;
 
-  if (req->send_key && (req->headers == NULL || strcmp(req->headers->data, expected_key) != 0))
+  if ((req->headers == NULL) != (req->endpoint->body == KW_BODY_NONE))
+    kwf_fail("only calls without a body share the client's headers", NULL, 0);
+  if (req->send_key && (headers == NULL || strcmp(headers->data, expected_key) != 0))
     kwf_fail("the first header line sends the client's key", NULL, 0);
-  for (line = req->headers; line != NULL; line = line->next) {
+  for (line = headers; line != NULL; line = line->next) {
     if (!kwf_printable(line->data, strlen(line->data)))
       kwf_fail("every header line is printable", line->data, strlen(line->data));
     if (!req->send_key && kwf_contains(line->data, strlen(line->data), KWF_KEY))
