@@ -126,11 +126,11 @@ local lua_env = string.format("LUA_PATH=%s LUA_CPATH=%s",
 local measure = options.tools .. "/measure"
 
 -- nginx and each sequential contender run on the same CPU. On this kind of
--- virtual machine a reply that wakes a process on the other CPU takes a slow
--- path through the hypervisor some of the time and not at other times, which
--- made the same loop run at 13,000 calls per second in one repetition and
--- 32,000 in the next. On one CPU every contender waits for nginx the same
--- way, and repetitions agree within a few percent.
+-- virtual machine, a reply that wakes a process on the other CPU sometimes
+-- takes a slow path through the hypervisor. Unpinned, the same loop ran at
+-- 13,000 calls per second in one repetition and 32,000 in the next. On one
+-- CPU every contender waits for nginx the same way, and repetitions agree
+-- within a few percent.
 local PIN_CPU = "0"
 local pin = ""
 if read_command("command -v taskset") ~= "" then

@@ -1,7 +1,7 @@
 /*
  * The ceiling for any client built on libcurl: GET the dock status CALLS
  * times on one reused easy handle and parse each body with json-c, checking
- * that it holds a "status" string.
+ * that it contains a "status" string.
  *
  * Usage: libcurl_status URL KEY_FILE CALLS
  * Prints "calls=N seconds=S" on stdout, S timed on CLOCK_MONOTONIC around

@@ -1,7 +1,7 @@
--- One files.upload of FILE through an upload session (the chunked path,
--- which every file of 25 MB or more takes), with the process's memory read
--- from /proc/self/status: the resident set just before the upload, and its
--- peak during it (VmHWM, reset just before by writing 5 to clear_refs).
+-- One files.upload of FILE through an upload session, the chunked path that
+-- every file of 25 MB or more takes. The process's memory is read from
+-- /proc/self/status: the resident set just before the upload, and its peak
+-- during it (VmHWM, reset just before by writing 5 to clear_refs).
 -- Usage: upload.lua BASE_URL KEY_FILE FILE
 -- Prints "bytes=N seconds=S chunks=C baseline_kb=B peak_kb=P".
 local kw = require("kore_workflow")
