@@ -1,5 +1,5 @@
 /*
- * The ceiling for any client built on libcurl: GET the dock status CALLS
+ * The reference loop for clients built on libcurl: GET the dock status CALLS
  * times on one reused easy handle and parse each body with json-c, checking
  * that it contains a "status" string.
  *
