@@ -578,19 +578,53 @@ static int core_monotonic(lua_State *L)
   return 1;
 }
 
-/* core.sleep(seconds): blocks the calling thread; resumes after signals. */
-static int core_sleep(lua_State *L)
+static void sleep_seconds(lua_Number seconds)
 {
-  lua_Number seconds = luaL_checknumber(L, 1);
   struct timespec left;
 
-  if (!(seconds >= 0) || seconds > 86400.0 * 365)
-    return kw_argerror(L, 1, "sleep", "seconds", "a finite number of seconds of 0 or more expected");
   left.tv_sec = (time_t)seconds;
   left.tv_nsec = (long)((seconds - (lua_Number)left.tv_sec) * 1e9);
   while (nanosleep(&left, &left) != 0 && errno == EINTR)
     ;
+}
+
+/* core.sleep(seconds): blocks the calling thread; resumes after signals. */
+static int core_sleep(lua_State *L)
+{
+  lua_Number seconds = luaL_checknumber(L, 1);
+
+  if (!(seconds >= 0) || seconds > 86400.0 * 365)
+    return kw_argerror(L, 1, "sleep", "seconds", "a finite number of seconds of 0 or more expected");
+  sleep_seconds(seconds);
   return 0;
+}
+
+/*
+ * core.poll(client, seconds): blocks for up to seconds until a socket of the
+ * client's stepped requests is ready, and returns true if one is, or false
+ * when the time ran out or a libcurl timer is due. With no stepped request
+ * in flight it sleeps for the whole time and returns false.
+ */
+static int core_poll(lua_State *L)
+{
+  kw_client *client = kw_client_check(L, 1);
+  lua_Number seconds = luaL_checknumber(L, 2);
+  int ready = 0;
+  CURLMcode code;
+
+  if (!(seconds >= 0) || seconds > 86400.0)
+    return kw_argerror(L, 2, "poll", "seconds", "a finite number of seconds from 0 to 86400 expected");
+  if (client->multi == NULL || client->in_flight == NULL) {
+    sleep_seconds(seconds);
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  code = curl_multi_poll(client->multi, NULL, 0, (int)ceil(seconds * 1000.0), &ready);
+  if (code != CURLM_OK)
+    return luaL_error(L, "kore_workflow: waiting for the client's requests failed: %s",
+                      curl_multi_strerror(code));
+  lua_pushboolean(L, ready > 0);
+  return 1;
 }
 
 /*
@@ -655,6 +689,7 @@ int luaopen_kore_workflow_core(lua_State *L)
     { "new_error", core_new_error },
     { "monotonic", core_monotonic },
     { "sleep", core_sleep },
+    { "poll", core_poll },
     { "isatty", core_isatty },
     { "random", core_random },
     { "zip_read", kw_zip_read },

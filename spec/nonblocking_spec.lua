@@ -130,6 +130,64 @@ describe("non-blocking requests", function()
     assert.is_true(elapsed < DELAY * 2.5)
   end)
 
+  it("poll returns when a transfer's socket is ready", function()
+    local request = assert(client._api.start.workflow.status("ds-poll"))
+    local started = kw.monotonic()
+    local ready = false
+    while not request:step() do
+      ready = client:poll(2) or ready
+    end
+    local elapsed = kw.monotonic() - started
+    print(("poll woke on the reply after %.3f s with a %.1f s server delay"):format(elapsed, DELAY))
+    assert.is_true(ready)
+    assert.is_true(elapsed < DELAY + 1)
+    local status, err = request:result()
+    assert.is_nil(status)
+    assert.equal(404, err.status)
+  end)
+
+  it("poll sleeps the whole time with nothing in flight", function()
+    local started = kw.monotonic()
+    assert.is_false(client:poll(0.05))
+    assert.is_true(kw.monotonic() - started >= 0.045)
+    local ok, message = pcall(client.poll, client, "soon")
+    assert.is_false(ok)
+    assert.matches("bad argument #1 (seconds) to 'poll' (number expected, got string)", message,
+      1, true)
+  end)
+
+  it("wakes scheduler tasks through poll", function()
+    local woken, idle = 0, 0
+    local tasks = scheduler.new {
+      idle_sleep = function(seconds)
+        idle = idle + 1
+        kw.sleep(seconds)
+      end,
+      clock = kw.monotonic,
+      poll = function(seconds)
+        local ready = client:poll(seconds)
+        if ready then
+          woken = woken + 1
+        end
+        return ready
+      end,
+    }
+    local nonblocking = client:nonblocking(scheduler.task_adapter)
+    local results = {}
+    for i = 1, 4 do
+      tasks:spawn(function()
+        results[i] = { nonblocking.workflow.status("ds-woken-" .. i) }
+      end)
+    end
+    tasks:run()
+    for i = 1, 4 do
+      assert.equal(404, results[i][2].status)
+    end
+    assert.is_true(woken >= 1)
+    -- Every idle wait happened while tasks waited on transfers, so none slept blind.
+    assert.equal(0, idle)
+  end)
+
   it("waits for many jobs in parallel", function()
     local items = {}
     for i = 1, 8 do

@@ -1,6 +1,7 @@
 -- CALLS workflow.status calls with IN_FLIGHT of them running at once, on one
--- client's non-blocking form driven by kore_workflow.scheduler (the way
--- wait_all and import_many run their requests).
+-- client's non-blocking form driven by kore_workflow.scheduler, whose idle
+-- waits go through client:poll (the way wait_all and import_many run their
+-- requests).
 -- Usage: concurrent.lua URL KEY_FILE CALLS IN_FLIGHT
 -- Prints "calls=N seconds=S in_flight=K".
 local common = dofile(arg[0]:gsub("[^/]+$", "") .. "common.lua")
@@ -15,7 +16,13 @@ if in_flight < 1 then
 end
 local host, id = url:match("^(https?://[^/]+)/api/public/dock%-status/(.+)$")
 local client = kw.client { host = host, api_key = key }
-local tasks = scheduler.new { idle_sleep = kw.sleep, clock = kw.monotonic }
+local tasks = scheduler.new {
+  idle_sleep = kw.sleep,
+  clock = kw.monotonic,
+  poll = function(seconds)
+    return client:poll(seconds)
+  end,
+}
 local nonblocking = client:nonblocking(scheduler.task_adapter)
 
 local next_call = 1

@@ -195,7 +195,9 @@ end
 
 -- Wraps a start function so that it returns the call's result, stepping the
 -- request and sleeping through the adapter between steps. The coroutine is
--- suspended only inside adapter.sleep, never inside a C function.
+-- suspended only inside adapter.sleep, never inside a C function. The
+-- request goes to adapter.sleep as a second argument, which tells a
+-- scheduler that socket activity may end the sleep early.
 local function stepped(start, adapter)
   return function(...)
     local request, err = start(...)
@@ -203,7 +205,7 @@ local function stepped(start, adapter)
       return nil, err
     end
     while not request:step() do
-      adapter.sleep(request:next_step())
+      adapter.sleep(request:next_step(), request)
     end
     return request:result()
   end
@@ -211,9 +213,10 @@ end
 
 --- Returns the non-blocking form of the client: the same calls, for code
 -- running inside a coroutine that the adapter can suspend.
--- adapter.sleep(seconds) must suspend the calling coroutine and resume it
--- later (kore_workflow.nvim and kore_workflow.openresty provide one for their
--- hosts).
+-- adapter.sleep(seconds, request) must suspend the calling coroutine and
+-- resume it later (kore_workflow.nvim and kore_workflow.openresty provide one
+-- for their hosts). request is set when the sleep waits on a transfer, which
+-- may then be resumed early.
 ---@param adapter table { sleep = function(seconds) }
 function Client:nonblocking(adapter)
   if type(adapter) ~= "table" or type(adapter.sleep) ~= "function" then
@@ -232,6 +235,19 @@ function Client:nonblocking(adapter)
     _codec = self._codec,
     _sleep = adapter.sleep,
   }), Client)
+end
+
+--- Blocks for up to seconds until a socket of the client's non-blocking
+-- requests is ready, and returns true if one is. For the idle wait of a
+-- plain Lua scheduler (the poll option of kore_workflow.scheduler.new); a
+-- host with its own event loop must not call it.
+---@param seconds number
+---@return boolean
+function Client:poll(seconds)
+  if type(seconds) ~= "number" then
+    argument_error(1, "seconds", "poll", "number expected, got " .. type(seconds))
+  end
+  return core.poll(self._handle, seconds)
 end
 
 --- Builds an error table of the module, with the client's key redacted.
@@ -542,9 +558,15 @@ end
 -- `concurrency` at once, and returns two tables indexed like items: the
 -- results, and the errors (nil when there were none).
 function Client:_run_concurrently(items, concurrency, fn)
+  local handle = self._handle
   local tasks = scheduler.new {
     idle_sleep = self._sleep or core.sleep,
     clock = core.monotonic,
+    -- A client without a host adapter may block, so its idle waits end as
+    -- soon as a transfer has news.
+    poll = self._sleep == nil and function(seconds)
+      return core.poll(handle, seconds)
+    end or nil,
   }
   local client = self:nonblocking(scheduler.task_adapter)
   local results, errors = {}, nil

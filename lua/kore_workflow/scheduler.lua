@@ -5,6 +5,8 @@
 -- scheduler, which resumes the task when the time has passed; when every task
 -- is asleep, the scheduler itself sleeps through `idle_sleep` (a blocking
 -- sleep, or a host adapter's sleep when the scheduler runs inside one).
+-- With a `poll` function, an idle wait while a task waits on a transfer goes
+-- through poll instead, and socket activity wakes every such task at once.
 local M = {}
 
 local Scheduler = {}
@@ -14,19 +16,24 @@ Scheduler.__index = Scheduler
 local SLEEP = {}
 
 --- Creates a scheduler.
----@param options table idle_sleep(seconds) and clock() (both required)
+---@param options table idle_sleep(seconds) and clock() (both required), and
+--- optionally poll(seconds), which blocks until a socket of the tasks'
+--- transfers is ready or the time is up and returns true in the first case,
+--- such as function(seconds) return client:poll(seconds) end
 function M.new(options)
   return setmetatable({
     tasks = {},
     idle_sleep = options.idle_sleep,
     clock = options.clock,
+    poll = options.poll,
   }, Scheduler)
 end
 
---- The adapter that tasks of any scheduler suspend through.
+--- The adapter that tasks of any scheduler suspend through. A sleep given a
+-- request waits on that transfer, and poll may end it early.
 M.task_adapter = {
-  sleep = function(seconds)
-    coroutine.yield(SLEEP, seconds)
+  sleep = function(seconds, request)
+    coroutine.yield(SLEEP, seconds, request ~= nil)
   end,
 }
 
@@ -48,7 +55,7 @@ function Scheduler:spawn(fn, ...)
 end
 
 local function resume(task)
-  local ok, marker, seconds = coroutine.resume(task.co)
+  local ok, marker, seconds, on_transfer = coroutine.resume(task.co)
   if not ok then
     error(debug.traceback(task.co, marker), 0)
   end
@@ -60,6 +67,7 @@ local function resume(task)
       .. "coroutine code outside scheduled tasks", 0)
   end
   task.delay = seconds
+  task.on_transfer = on_transfer
   return false
 end
 
@@ -85,15 +93,24 @@ function Scheduler:run()
       end
     end
 
-    local earliest
+    local earliest, on_transfer
     for _, task in ipairs(self.tasks) do
       if earliest == nil or task.wake < earliest then
         earliest = task.wake
       end
+      on_transfer = on_transfer or task.on_transfer
     end
     if earliest then
       local wait = earliest - self.clock()
-      if wait > 0 then
+      if wait > 0 and self.poll and on_transfer then
+        if self.poll(wait) then
+          for _, task in ipairs(self.tasks) do
+            if task.on_transfer then
+              task.wake = 0
+            end
+          end
+        end
+      elseif wait > 0 then
         self.idle_sleep(wait)
       end
     end
