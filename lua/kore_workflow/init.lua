@@ -196,8 +196,8 @@ end
 -- Wraps a start function so that it returns the call's result, stepping the
 -- request and sleeping through the adapter between steps. The coroutine is
 -- suspended only inside adapter.sleep, never inside a C function. The
--- request goes to adapter.sleep as a second argument, which tells a
--- scheduler that socket activity may end the sleep early.
+-- request goes to adapter.sleep as a second argument, which lets a
+-- scheduler end the sleep early on socket activity.
 local function stepped(start, adapter)
   return function(...)
     local request, err = start(...)
