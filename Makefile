@@ -77,10 +77,11 @@ test: deps
 	$(MAKE) --no-print-directory fuzz-short
 
 # The benchmarks (see BENCHMARKS.md); not part of `make test`.
+# flock keeps two bench runs (or a run and the bench spec) from measuring at once.
 bench: deps-bench
 	$(MAKE) --no-print-directory bench-tools
-	$(LUA) bench/run.lua --lua $(BENCH_LUA) --core $(BENCH_BUILD) --tools $(BENCH_BUILD)/tools \
-		--out $(BENCH_BUILD)/latest.md $(BENCH_ARGS)
+	flock $(BENCH_BUILD)/bench.lock $(LUA) bench/run.lua --lua $(BENCH_LUA) --core $(BENCH_BUILD) \
+		--tools $(BENCH_BUILD)/tools --out $(BENCH_BUILD)/latest.md $(BENCH_ARGS)
 
 bench-tools:
 	cmake -S . -B $(BENCH_BUILD) -DKW_LUA=$(BENCH_LUA_VERSION) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null

@@ -15,6 +15,7 @@
 --   --out FILE        also write the results as Markdown to FILE
 -- Exits 1 when a target is missed (not with --quick), 2 on a failed run.
 local socket = require("socket")
+local http = require("socket.http")
 
 local function script_dir()
   local source = debug.getinfo(1, "S").source:match("^@(.*)$") or "bench/run.lua"
@@ -25,6 +26,11 @@ local bench_dir = script_dir()
 local root = bench_dir .. "/.."
 package.path = root .. "/spec/?.lua;" .. package.path
 local emulator = require("support.emulator")
+
+local VALUE_OPTIONS = {
+  lua = true, core = true, tools = true, calls = true, ["repeat"] = true, ["upload-mb"] = true,
+  out = true,
+}
 
 local options = {
   calls = 4000,
@@ -38,7 +44,7 @@ do
     if name == "quick" then
       options.quick = true
       i = i + 1
-    elseif name and arg[i + 1] then
+    elseif VALUE_OPTIONS[name] and arg[i + 1] then
       options[name] = arg[i + 1]
       i = i + 2
     else
@@ -120,6 +126,10 @@ local workdir = read_command("mktemp -d"):gsub("%s+$", "")
 local key_file = workdir .. "/key"
 write_file(key_file, BENCH_KEY .. "\n")
 
+-- Every contender talks to loopback servers directly, whatever proxy the
+-- caller's environment names.
+local no_proxy = "env -u http_proxy -u https_proxy -u HTTPS_PROXY -u all_proxy -u ALL_PROXY "
+  .. "no_proxy='*' NO_PROXY='*' "
 local lua_env = string.format("LUA_PATH=%s LUA_CPATH=%s",
   shell_quote(root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;;"),
   shell_quote(options.core .. "/?.so;;"))
@@ -142,8 +152,13 @@ end
 local function measured(command)
   local output = read_command(measure .. " " .. command .. " 2>&1")
   local figures = {}
-  for key, value in output:gmatch("([%w_]+)=([%d%.]+)") do
-    figures[key] = tonumber(value)
+  for line in output:gmatch("[^\n]+") do
+    -- measure's own line, or the contender's result line.
+    if line:find("^measure: ") or line:find("^calls=") or line:find("^bytes=") then
+      for key, value in line:gmatch("([%w_]+)=([%d%.]+)") do
+        figures[key] = tonumber(value)
+      end
+    end
   end
   if figures.status ~= 0 or not figures.wall then
     fail("this command failed:\n  " .. measure .. " " .. command .. "\nIt printed:\n" .. output)
@@ -170,16 +185,16 @@ local function start_nginx()
     local port = free_port()
     local conf = template:gsub("@PREFIX@", prefix):gsub("@PORT@", tostring(port))
     write_file(prefix .. "/nginx.conf", conf)
-    -- timeout ends an nginx left behind by a bench run that died.
-    os.execute(string.format("timeout 3600 %snginx -p %s -c %s >%s 2>&1 &", pin, shell_quote(prefix),
+    -- timeout ends an nginx left behind by a bench run that was killed.
+    os.execute(string.format("timeout 1200 %snginx -p %s -c %s >%s 2>&1 &", pin, shell_quote(prefix),
       shell_quote(prefix .. "/nginx.conf"), shell_quote(prefix .. "/stdout.log")))
+    -- Ready once the port serves the fixed job record, which no other
+    -- program that took the port in the meantime would.
     local deadline = socket.gettime() + 10
+    local url = string.format("http://127.0.0.1:%d/api/public/dock-status/%s", port, JOB_ID)
     while socket.gettime() < deadline do
-      local client = socket.tcp()
-      client:settimeout(0.2)
-      local ok = client:connect("127.0.0.1", port)
-      client:close()
-      if ok then
+      local body, status = http.request(url)
+      if status == 200 and type(body) == "string" and body:find('"status":"SUCCESS"', 1, true) then
         return { port = port, conf = prefix .. "/nginx.conf" }
       end
       socket.sleep(0.05)
@@ -218,8 +233,8 @@ local machine = {
 local contenders = {
   { name = "raw libcurl (C)", key = "libcurl",
     command = function(url, calls)
-      return string.format("%s%s/libcurl_status %s %s %d", pin, options.tools, shell_quote(url),
-        shell_quote(key_file), calls)
+      return string.format("%s%s%s/libcurl_status %s %s %d", no_proxy, pin, options.tools,
+        shell_quote(url), shell_quote(key_file), calls)
     end },
   { name = "kore_workflow", key = "kore_workflow", lua = "kore_workflow.lua" },
   { name = "Debian lua-curl", key = "lua_curl", lua = "lua_curl.lua" },
@@ -230,7 +245,7 @@ for _, contender in ipairs(contenders) do
   if contender.lua then
     local script = bench_dir .. "/contenders/" .. contender.lua
     contender.command = function(url, calls)
-      return string.format("env %s %s%s %s %s %s %d", lua_env, pin, options.lua,
+      return string.format("%s%s %s%s %s %s %s %d", no_proxy, lua_env, pin, options.lua,
         shell_quote(script), shell_quote(url), shell_quote(key_file), calls)
     end
   end
@@ -239,19 +254,28 @@ end
 local function run_sequential(url)
   local results = {}
   for _, contender in ipairs(contenders) do
-    local startup = measured(contender.command(url, 1))
-    results[contender.key] = { startup_cpu = startup.cpu, rate = {}, cpu = {}, rss = {},
+    -- The CPU time of a one-call run, the median of three, is start-up plus one call.
+    local startup = {}
+    for i = 1, 3 do
+      startup[i] = measured(contender.command(url, 1)).cpu
+    end
+    results[contender.key] = { startup_cpu = median(startup), rate = {}, cpu = {}, rss = {},
       calls = math.max(50, math.floor(options.calls / (contender.divisor or 1))) }
   end
+  math.randomseed(os.time())
   for rep = 1, options["repeat"] do
-    -- Each repetition starts with a different contender, so that no
+    -- Each repetition runs the contenders in a new random order, so that no
     -- contender always runs right after the same one.
-    for k = 0, #contenders - 1 do
-      local contender = contenders[(rep - 1 + k) % #contenders + 1]
+    local order = {}
+    for i, contender in ipairs(contenders) do
+      table.insert(order, math.random(i), contender)
+    end
+    for _, contender in ipairs(order) do
       local result = results[contender.key]
       local figures = measured(contender.command(url, result.calls))
       result.rate[#result.rate + 1] = figures.calls / figures.seconds
-      result.cpu[#result.cpu + 1] = math.max(0, figures.cpu - result.startup_cpu) / figures.calls
+      result.cpu[#result.cpu + 1] = math.max(0, figures.cpu - result.startup_cpu)
+        / (figures.calls - 1)
       result.rss[#result.rss + 1] = figures.maxrss_kb
       io.stderr:write(string.format("  %-22s %8.0f calls/s %6.1f us CPU/call\n", contender.key,
         result.rate[#result.rate], result.cpu[#result.cpu] * 1e6))
@@ -278,7 +302,18 @@ local function run_sequential(url)
     end
     return count
   end
-  local summary = { ratio = paired, slower = slower }
+  -- The smallest, first quartile, third quartile and largest of those ratios.
+  local function spread(a, b)
+    local ratios = {}
+    for rep = 1, options["repeat"] do
+      ratios[rep] = results[a].rate[rep] / results[b].rate[rep]
+    end
+    table.sort(ratios)
+    local n = #ratios
+    return ratios[1], ratios[math.max(1, math.floor(n / 4 + 0.5))],
+      ratios[math.max(1, math.floor(3 * n / 4 + 0.5))], ratios[n]
+  end
+  local summary = { ratio = paired, slower = slower, spread = spread }
   for key, result in pairs(results) do
     summary[key] = {
       rate = median(result.rate),
@@ -295,7 +330,7 @@ end
 -- Concurrency ------------------------------------------------------------
 
 local function run_concurrency()
-  local emu = emulator.start { api_key = BENCH_KEY, lua = "lua5.4", idle_exit = 3600 }
+  local emu = emulator.start { api_key = BENCH_KEY, lua = "lua5.4", idle_exit = 300 }
   on_exit(function() emu:stop() end)
   local job = { _id = JOB_ID, workflowId = "a-00000000-0000-4000-8000-000000000001",
                 jobType = "WORKFLOWS", action = "IMPORT", status = "SUCCESS" }
@@ -329,7 +364,7 @@ local function run_upload()
   local path = workdir .. "/upload.bin"
   -- Pseudo-random bytes, so that nothing on the way can compress them.
   os.execute(string.format("head -c %d /dev/urandom > %s", mb * 1000000, shell_quote(path)))
-  local emu = emulator.start { api_key = BENCH_KEY, lua = "lua5.4", idle_exit = 3600 }
+  local emu = emulator.start { api_key = BENCH_KEY, lua = "lua5.4", idle_exit = 300 }
   on_exit(function() emu:stop() end)
   local script = bench_dir .. "/contenders/upload.lua"
   local runs = {}
@@ -339,15 +374,16 @@ local function run_upload()
   end
   emu:stop()
   os.remove(path)
-  local rates, above, chunks = {}, {}, nil
+  local rates, above, baselines, chunks = {}, {}, {}, nil
   for i, figures in ipairs(runs) do
     rates[i] = figures.bytes / figures.seconds / 1e6
     above[i] = (figures.peak_kb - figures.baseline_kb) / 1024
+    baselines[i] = figures.baseline_kb / 1024
     chunks = figures.chunks
   end
   io.stderr:write("upload done\n")
   return { mb = mb, rate = median(rates), above_mib = median(above), chunks = chunks,
-           baseline_mib = runs[1].baseline_kb / 1024 }
+           baseline_mib = median(baselines) }
 end
 
 -- Module load ------------------------------------------------------------
@@ -458,10 +494,11 @@ end
 
 out("Machine: %s, %s cores, Linux %s; %s; nginx %s; contenders on %s.", machine.cpu,
   machine.cores, machine.kernel, machine.libcurl, machine.nginx, machine.lua)
-out("Settings: %d sequential calls per run (%d for the curl command), %d repetitions; "
+out("Settings: %d sequential calls per run (%d for the curl command), %d %s; "
   .. "figures are medians, and ratios medians of the ratios within each repetition; %s.",
   options.calls, math.max(50, math.floor(options.calls / 100)),
-  options["repeat"], pin ~= "" and ("nginx and the contenders on CPU " .. PIN_CPU)
+  options["repeat"], options["repeat"] == 1 and "repetition" or "repetitions",
+  pin ~= "" and ("nginx and the contenders on CPU " .. PIN_CPU)
     or "taskset not found, so nothing was pinned to a CPU")
 out("")
 out("Sequential GET dock-status against nginx, each body parsed:")
@@ -472,6 +509,13 @@ for _, contender in ipairs(contenders) do
   local r = sequential[contender.key]
   out("| %s | %.0f | %s | %.1f | %s | %.1f | %s |", contender.name, r.rate,
     ratio(r.rate_ratio), r.cpu * 1e6, ratio(r.cpu_ratio), r.rss / 1024, ratio(r.rss_ratio))
+end
+out("")
+for _, key in ipairs({ "libcurl", "lua_curl" }) do
+  local low, first, third, high = sequential.spread("kore_workflow", key)
+  out("kore_workflow's calls/s over %s's, within each repetition: %.2f to %.2f, the middle "
+    .. "half %.2f to %.2f.", key == "libcurl" and "raw libcurl" or "lua-curl", low, high, first,
+    third)
 end
 out("")
 out("%d status calls against the emulator delaying each reply by %.0f ms:", CONCURRENT_CALLS,
@@ -487,10 +531,10 @@ out("Upload of %d MB through files.upload (%d chunks) to the emulator: %.1f MB/s
   .. "%.1f MiB above the %.1f MiB baseline.", upload.mb, upload.chunks, upload.rate,
   upload.above_mib, upload.baseline_mib)
 out("")
-out("Module load (median of %d fresh %s processes, less the bare interpreter's %.2f ms): "
-  .. "require \"kore_workflow\" %.2f ms, require \"cjson\" %.2f ms (%.1fx); loading "
-  .. "libcurl alone takes %.2f ms of it.", LOAD_RUNS, options.lua, load.interpreter_ms,
-  load.kw_ms, load.cjson_ms, load.kw_ms / math.max(load.cjson_ms, 0.001), load.libcurl_ms)
+out("Module load (median of %d fresh %s processes for each, less the bare interpreter's "
+  .. "%.2f ms): require \"kore_workflow\" %.2f ms, require \"cjson\" %.2f ms; loading "
+  .. "libcurl alone takes %.2f ms. Differences below about 0.1 ms are noise.", LOAD_RUNS,
+  options.lua, load.interpreter_ms, load.kw_ms, math.max(load.cjson_ms, 0), load.libcurl_ms)
 if instruction_counts then
   out("")
   out("Instructions per call (callgrind: a run of %d calls less a run of 1, so start-up "
@@ -540,6 +584,11 @@ local function at_least(key)
   local ratio_value = sequential.ratio("kore_workflow", key, "rate")
   local slower = sequential.slower("kore_workflow", key)
   local limit = sign_test_limit(options["repeat"])
+  if limit > options["repeat"] then
+    -- With fewer than 5 repetitions, even slower in all of them is not significant.
+    return nil, string.format("%.2fx, slower in %d of %d runs (too few runs to judge)",
+      ratio_value, slower, options["repeat"])
+  end
   return slower < limit, string.format("%.2fx, slower in %d of %d runs (%d would be significant)",
     ratio_value, slower, options["repeat"], limit)
 end
@@ -567,11 +616,16 @@ out("")
 out("| target | result | figure |")
 out("|---|---|---|")
 local missed = 0
+local unjudged = 0
 for _, target in ipairs(targets) do
-  out("| %s | %s | %s |", target[1], target[2] and "met" or "MISSED", target[3])
-  if not target[2] then
+  local result = target[2] and "met" or "MISSED"
+  if options.quick or target[2] == nil then
+    result = "not judged"
+    unjudged = unjudged + 1
+  elseif not target[2] then
     missed = missed + 1
   end
+  out("| %s | %s | %s |", target[1], result, target[3])
 end
 
 local report = table.concat(lines, "\n") .. "\n"
@@ -582,6 +636,9 @@ end
 if options.quick then
   io.write("Quick run: figures from few calls; targets are not judged.\n")
   os.exit(0)
+end
+if unjudged > 0 then
+  io.write(string.format("%d target(s) not judged: too few repetitions.\n", unjudged))
 end
 if missed > 0 then
   io.write(string.format("%d target(s) missed.\n", missed))

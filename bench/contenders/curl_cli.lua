@@ -5,7 +5,8 @@ local common = dofile(arg[0]:gsub("[^/]+$", "") .. "common.lua")
 local cjson = require("cjson")
 
 local url, key, calls = common.args("curl_cli.lua")
-local header_file = os.tmpname()
+-- Beside the key file, in the bench's own temporary directory.
+local header_file = arg[2] .. ".curl-headers"
 do
   local handle = assert(io.open(header_file, "wb"))
   handle:write("x-api-key: ", key, "\nAccept: application/json\n")
