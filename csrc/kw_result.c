@@ -424,7 +424,7 @@ int kw_request_push_result(lua_State *L, kw_request *req, int codec_index)
   decoded = req->endpoint->body == KW_BODY_DOWNLOAD || kw_inflate_response(req);
   if (req->status < 200 || req->status >= 300) {
     if (!decoded) {
-      /* The status says what failed; a body that cannot be decoded adds nothing. */
+      /* The status reports what failed, so a body that cannot be decoded adds nothing. */
       req->code = CURLE_OK;
       req->response.len = 0;
     }

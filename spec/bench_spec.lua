@@ -4,16 +4,9 @@
 -- `make bench`. The figures of a quick run mean nothing; BENCHMARKS.md has
 -- the real ones.
 
-local function run(command)
-  local handle = assert(io.popen(command .. " 2>&1"))
-  local output = handle:read("*a")
-  local ok, _, code = handle:close()
-  if type(ok) == "number" then
-    code = ok
-    ok = code == 0
-  end
-  return ok == true, output, code
-end
+local fixtures = require "support.fixtures"
+
+local run = fixtures.run
 
 local function escape(text)
   return (text:gsub("%p", "%%%0"))

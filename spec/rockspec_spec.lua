@@ -2,16 +2,7 @@
 -- against Debian's lua-cjson, and loads the installed module from there.
 local fixtures = require "support.fixtures"
 
-local function run(command)
-  local handle = assert(io.popen(command .. " 2>&1"))
-  local output = handle:read("*a")
-  local ok, _, code = handle:close()
-  if type(ok) == "number" then
-    code = ok
-    ok = code == 0
-  end
-  return ok == true, output, code
-end
+local run = fixtures.run
 
 describe("rockspec", function()
   it("builds and installs with luarocks make", function()

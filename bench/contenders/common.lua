@@ -6,16 +6,21 @@ local socket = require("socket")
 
 local common = {}
 
+-- Returns the API key in key_file, without a trailing newline.
+function common.read_key(key_file)
+  local handle = assert(io.open(key_file, "rb"))
+  local key = handle:read("*a"):gsub("[\r\n]+$", "")
+  handle:close()
+  return key
+end
+
 function common.args(usage)
   local url, key_file, calls = arg[1], arg[2], tonumber(arg[3])
   if not url or not key_file or not calls or calls < 1 then
     io.stderr:write("usage: ", usage, " URL KEY_FILE CALLS\n")
     os.exit(2)
   end
-  local handle = assert(io.open(key_file, "rb"))
-  local key = handle:read("*a"):gsub("[\r\n]+$", "")
-  handle:close()
-  return url, key, math.floor(calls)
+  return url, common.read_key(key_file), math.floor(calls)
 end
 
 -- Runs call(i) for i = 1..calls; call returns the decoded body, whose status

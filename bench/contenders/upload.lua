@@ -4,6 +4,7 @@
 -- during it (VmHWM, reset just before by writing 5 to clear_refs).
 -- Usage: upload.lua BASE_URL KEY_FILE FILE
 -- Prints "bytes=N seconds=S chunks=C baseline_kb=B peak_kb=P".
+local common = dofile(arg[0]:gsub("[^/]+$", "") .. "common.lua")
 local kw = require("kore_workflow")
 
 local base_url, key_file, path = arg[1], arg[2], arg[3]
@@ -11,9 +12,7 @@ if not base_url or not key_file or not path then
   io.stderr:write("usage: upload.lua BASE_URL KEY_FILE FILE\n")
   os.exit(2)
 end
-local handle = assert(io.open(key_file, "rb"))
-local key = handle:read("*a"):gsub("[\r\n]+$", "")
-handle:close()
+local key = common.read_key(key_file)
 
 local function status_kb(field)
   for line in io.lines("/proc/self/status") do

@@ -32,6 +32,19 @@ function fixtures.temp_dir()
   return path
 end
 
+-- Runs a shell command and returns whether it exited 0, its stdout and
+-- stderr together, and its exit status (Lua 5.1 and 5.2+ report it apart).
+function fixtures.run(command)
+  local handle = assert(io.popen(command .. " 2>&1"))
+  local output = handle:read("*a")
+  local ok, _, code = handle:close()
+  if type(ok) == "number" then
+    code = ok
+    ok = code == 0
+  end
+  return ok == true, output, code
+end
+
 function fixtures.read_file(path)
   local handle = assert(io.open(path, "rb"))
   local content = handle:read("*a")
